@@ -1,0 +1,311 @@
+"""Typed, frozen params: params.yaml is parsed here once, and nowhere else.
+
+Each section of params.yaml is one pydantic model. Unknown keys, wrong types, out-of-range
+values and inconsistent combinations are rejected before any work is done, with a one-line
+`ParamsError` naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stages.errors import ParamsError
+
+PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+class SplitParams(Section):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(
+                f"data.split: train + val + test = {total:g}, must sum to 1 "
+                f"(got train={self.train:g}, val={self.val:g}, test={self.test:g})"
+            )
+        return self
+
+
+class DataParams(Section):
+    source: Literal["synthetic", "file"] = "synthetic"
+    kind: Literal["linear", "friedman", "classification"] = "friedman"
+    path: str | None = None
+    target: str = Field("y", min_length=1)
+    task: Literal["auto", "regression", "classification"] = "auto"
+    n_samples: int = Field(20000, ge=20, le=1_000_000_000)
+    n_features: int = Field(10, ge=1, le=100_000)
+    n_informative: int = Field(5, ge=1)
+    n_classes: int = Field(2, ge=2, le=1000)
+    noise: float = Field(1.0, ge=0)
+    class_sep: float = Field(2.0, gt=0)
+    class_weights: tuple[float, ...] | None = None
+    split: SplitParams = SplitParams()
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    chunk_rows: int = Field(1_000_000, ge=1000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataParams:
+        if self.source == "file":
+            if not self.path:
+                raise ValueError("data.path: required when data.source is 'file' (a .csv or .parquet file)")
+            if Path(self.path).suffix.lower() not in {".csv", ".parquet", ".pq"}:
+                raise ValueError(f"data.path: {self.path!r} must end in .csv or .parquet")
+            return self
+        if self.n_informative > self.n_features:
+            raise ValueError(
+                f"data.n_informative: {self.n_informative} exceeds data.n_features={self.n_features}"
+            )
+        if self.kind == "friedman" and self.n_features < 5:
+            raise ValueError(f"data.n_features: {self.n_features}; kind 'friedman' needs at least 5")
+        if self.kind == "classification":
+            if self.noise >= 1:
+                raise ValueError(
+                    f"data.noise: {self.noise:g}; for classification it is a label-flip rate in [0, 1)"
+                )
+            if self.class_weights is not None:
+                if len(self.class_weights) != self.n_classes:
+                    raise ValueError(
+                        f"data.class_weights: {len(self.class_weights)} weights given, "
+                        f"data.n_classes is {self.n_classes}"
+                    )
+                if any(w <= 0 for w in self.class_weights) or not math.isclose(
+                    sum(self.class_weights), 1.0, abs_tol=1e-6
+                ):
+                    raise ValueError(
+                        f"data.class_weights: {list(self.class_weights)} must be positive and sum to 1"
+                    )
+        elif self.class_weights is not None:
+            raise ValueError("data.class_weights: only allowed with kind 'classification'")
+        for name in ("train", "val", "test"):
+            if round(self.n_samples * getattr(self.split, name)) < 1:
+                raise ValueError(
+                    f"data.split.{name}: {getattr(self.split, name):g} of {self.n_samples} rows is empty"
+                )
+        return self
+
+
+# ----------------------------------------------------------------------------------- validate
+
+
+class ValidateParams(Section):
+    min_rows: int = Field(1, ge=1)
+    # {column: [low, high]}; columns not named get robust bounds derived from the train split
+    feature_bounds: dict[str, tuple[float, float]] | None = None
+    bounds_quantile: float = Field(0.001, ge=0, lt=0.5)
+    bounds_margin: float = Field(1.0, ge=0)
+    target_bounds: tuple[float, float] | None = None
+    class_balance_tol: float = Field(0.05, gt=0, le=1)
+    drift_mean_tol: float = Field(0.25, gt=0)
+    drift_std_tol: float = Field(0.25, gt=0)
+    check_leakage: bool = True
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ValidateParams:
+        for col, (lo, hi) in (self.feature_bounds or {}).items():
+            if not lo < hi:
+                raise ValueError(f"validate.feature_bounds.{col}: low {lo:g} must be below high {hi:g}")
+        if self.target_bounds is not None and not self.target_bounds[0] < self.target_bounds[1]:
+            raise ValueError(f"validate.target_bounds: {list(self.target_bounds)} must be [low, high]")
+        return self
+
+
+# -------------------------------------------------------------------------------------- train
+
+
+class EarlyStoppingParams(Section):
+    patience: int | None = Field(20, ge=1)  # null disables early stopping
+    min_delta: float = Field(0.0, ge=0)
+
+
+OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+
+
+class TrainParams(Section):
+    model: Literal["linear", "mlp"] = "mlp"
+    scaling: Literal["standard", "none"] = "standard"
+    hidden: tuple[int, ...] = (64, 64)
+    activation: Literal["relu", "gelu", "tanh"] = "relu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    loss: Literal["auto", "mse", "huber", "cross_entropy"] = "auto"
+    huber_delta: float = Field(1.0, gt=0)
+    optimizer: Literal["gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"] = "adam"
+    lr: float = Field(0.001, gt=0, le=100)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(200, ge=1, le=1_000_000)
+    regularizer: Literal["none", "l1", "l2", "elastic_net"] = "l2"
+    reg_strength: float = Field(0.0001, ge=0)
+    l1_ratio: float = Field(0.5, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "exponential", "step", "cosine"] = "constant"
+    gamma: float = Field(0.99, gt=0, le=1)
+    step_size: int = Field(30, ge=1)
+    warmup_epochs: int = Field(0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    checkpoint_every: int = Field(10, ge=1)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainParams:
+        if self.model == "mlp" and (not self.hidden or any(h < 1 for h in self.hidden)):
+            raise ValueError(f"train.hidden: {list(self.hidden)}; an mlp needs one or more positive layer sizes")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas: {list(self.betas)}; each must be in [0, 1)")
+        if self.weight_decay > 0 and self.optimizer != "adamw":
+            raise ValueError(
+                f"train.weight_decay: {self.weight_decay:g} is decoupled decay for optimizer 'adamw' only "
+                f"(optimizer is {self.optimizer!r}); use regularizer 'l2' instead"
+            )
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"train.warmup_epochs: {self.warmup_epochs} must be below train.epochs={self.epochs}")
+        if self.precision == "bf16" and self.device == "cpu":
+            raise ValueError("train.precision: 'bf16' needs device 'cuda' or 'auto' (it is CUDA only)")
+        return self
+
+
+# ----------------------------------------------------------------------------------- evaluate
+
+
+class EvaluateParams(Section):
+    # underfit: train loss above this multiple of the irreducible error (synthetic data)
+    underfit_noise_ratio: float = Field(1.5, gt=1)
+    # underfit without ground truth: skill over the constant baseline below this (R² for regression)
+    min_skill: float = Field(0.1, ge=0, lt=1)
+    # overfit: (val - train) / train above this
+    overfit_gap: float = Field(0.3, gt=0)
+    # overfit: best val epoch earlier than this fraction of the epochs run, and val rose after it
+    early_best_fraction: float = Field(0.5, gt=0, lt=1)
+    val_rise: float = Field(0.1, gt=0)
+
+
+# ------------------------------------------------------------------------------------- export
+
+
+class ExportParams(Section):
+    opset: int = Field(20, ge=18, le=23)
+    quantization: Literal["none", "dynamic", "static"] = "dynamic"
+    calibration_rows: int = Field(1000, ge=1)
+    parity_atol: float = Field(1.0e-4, gt=0)
+    max_metric_drop: float = Field(0.01, ge=0)
+    latency_repeats: int = Field(20, ge=1)
+
+
+# --------------------------------------------------------------------------------------- gate
+
+
+class RegressionRule(Section):
+    metric: str = Field(min_length=1)  # e.g. eval.test.rmse
+    better: Literal["higher", "lower"]
+    abs_tol: float = Field(0.0, ge=0)
+    rel_tol: float = Field(0.0, ge=0)
+
+
+class GateParams(Section):
+    rules: tuple[str, ...] = ()  # absolute rules, e.g. "eval.test.r2 >= 0.85"
+    regressions: tuple[RegressionRule, ...] = ()
+
+
+# -------------------------------------------------------------------------------------- sweep
+
+
+class SweepParams(Section):
+    grid: dict[str, tuple[Any, ...]] = Field(default_factory=dict)  # train key -> values to try
+    workers: int = Field(2, ge=1)
+    runner: Literal["threads", "processes", "dask"] = "threads"
+
+
+# -------------------------------------------------------------------------------------- all
+
+
+class Params(Section):
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+    gate: GateParams = GateParams()
+    sweep: SweepParams = SweepParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def validate_params(self) -> ValidateParams:
+        return self.validate_
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at `loc` (for listing allowed keys)."""
+    model: Any = Params
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = next(
+            (f for name, f in model.model_fields.items() if part in (name, f.alias)), None
+        )
+        if field is None:
+            return model
+        model = field.annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "params"
+    if err["type"] == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        allowed = sorted(f.alias or n for n, f in owner.model_fields.items()) if owner else []
+        where = ".".join(str(p) for p in loc[:-1]) or "top level"
+        return f"unknown key {key!r} (allowed in {where}: {', '.join(allowed)})"
+    if err["type"] == "value_error":
+        return str(err["ctx"]["error"])
+    return f"{key}: {err['input']!r} is not allowed: {err['msg']}"
+
+
+def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+    """Validate a params mapping (as read from YAML) into typed `Params`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        messages = [_describe(e) for e in exc.errors()]
+        more = f" (and {len(messages) - 1} more: {'; '.join(messages[1:])})" if len(messages) > 1 else ""
+        raise ParamsError(f"{source}: {messages[0]}{more}") from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; a ParamsError names the problem in one line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the project root)") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_params(raw, str(path))

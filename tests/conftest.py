@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny params, generated datasets, and a real git + DVC copy of the repo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# no network here: keep every tool's analytics off, in this process and in the subprocesses
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+# files of the project that a pipeline copy needs (never .venv, .git or outputs)
+PROJECT_FILES = ["stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", "examples"]
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for `dvc` / `python -m stages.x` subprocesses: this venv first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = ""
+    return env
+
+
+def run_cmd(args: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def make_pipeline_repo(dest: Path, params_text: str | None = None) -> Path:
+    """Copy the project into `dest` as a fresh git + DVC repository (one commit)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    if params_text is not None:
+        (dest / "params.yaml").write_text(params_text)
+    (dest / ".gitignore").write_text("__pycache__/\n")
+    run_cmd(["git", "init", "-q", "-b", "main"], dest)
+    run_cmd(["git", "config", "user.email", "test@fitline.local"], dest)
+    run_cmd(["git", "config", "user.name", "fitline test"], dest)
+    run_cmd(["dvc", "init", "-q"], dest)
+    run_cmd(["dvc", "config", "core.analytics", "false"], dest)
+    run_cmd(["git", "add", "-A"], dest)
+    run_cmd(["git", "commit", "-q", "-m", "init"], dest)
+    return dest
+
+
+SMALL_PARAMS = """\
+data:
+  kind: friedman
+  n_samples: 600
+  seed: 7
+train:
+  hidden: [16]
+  epochs: 5
+  batch_size: 64
+  checkpoint_every: 2
+export:
+  latency_repeats: 2
+"""
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path: Path) -> Path:
+    """A git + DVC copy of the project with small, fast params."""
+    return make_pipeline_repo(tmp_path / "repo", SMALL_PARAMS)
