@@ -1,0 +1,41 @@
+"""`dvc repro` in a real git + DVC copy of the project: it runs, and a second run does nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cmd
+
+
+def _stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_dvc_repro_generate_then_nothing_to_do(pipeline_repo):
+    first = run_cmd(["dvc", "repro", "generate"], pipeline_repo)
+    assert _stages_run(first.stdout) == ["generate"]
+    meta = json.loads((pipeline_repo / "data/meta.json").read_text())
+    assert meta["rows"] == {"train": 420, "val": 90, "test": 90}
+    second = run_cmd(["dvc", "repro", "generate"], pipeline_repo)
+    assert _stages_run(second.stdout) == []
+    assert "didn't change" in second.stdout
+    status = run_cmd(["dvc", "status", "generate"], pipeline_repo)
+    assert "up to date" in status.stdout
+
+
+def test_params_error_stops_dvc_repro_with_one_line(pipeline_repo):
+    (pipeline_repo / "params.yaml").write_text("data:\n  n_samples: 600\n  kind: spiral\n")
+    proc = run_cmd(["dvc", "repro", "generate"], pipeline_repo, check=False)
+    assert proc.returncode != 0
+    assert "fitline generate: error: params.yaml: data.kind: 'spiral' is not allowed" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_full_dvc_repro_twice_second_is_noop(pipeline_repo):
+    run_cmd(["dvc", "repro"], pipeline_repo)
+    second = run_cmd(["dvc", "repro"], pipeline_repo)
+    assert _stages_run(second.stdout) == []
+    assert "up to date" in run_cmd(["dvc", "status"], pipeline_repo).stdout
