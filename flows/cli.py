@@ -22,3 +22,22 @@ def repro() -> None:
 
 
 # Commands of later stages are added below, one function each, importing lazily.
+
+
+@app.command()
+def gate(
+    baseline: str = typer.Option(
+        None, "--baseline", metavar="REV",
+        help="git revision whose committed metrics are the baseline for regression rules (e.g. origin/main).",
+    ),
+    report: str = typer.Option(None, "--report", metavar="FILE", help="write the markdown report here."),
+    json_out: str = typer.Option(None, "--json", metavar="FILE", help="write the JSON result here."),
+) -> None:
+    """Judge the model's metrics against params `gate`: exit 0 passed, 1 a rule failed, 2 cannot judge."""
+    from pathlib import Path
+
+    from stages.gate import main as gate_main
+
+    result, markdown = gate_main(baseline, Path(report) if report else None, Path(json_out) if json_out else None)
+    typer.echo(markdown)
+    raise typer.Exit(result.exit_code)

@@ -213,15 +213,29 @@ class ExportParams(Section):
 # --------------------------------------------------------------------------------------- gate
 
 
+# The rule grammar ("eval.test.r2 >= 0.85") is parsed by stages/gate_rules.py when the gate
+# starts, not here: every stage depends on params.py, and the gate's grammar must not be one of
+# their dependencies. A malformed rule makes the gate exit 2 naming the rule.
+TaskName = Literal["regression", "classification"]
+
+
+class AbsoluteRule(Section):
+    rule: str = Field(min_length=1)  # e.g. "eval.test.accuracy >= 0.9"
+    when: TaskName | None = None  # only judged for this task (from data/meta.json); else skipped
+
+
 class RegressionRule(Section):
     metric: str = Field(min_length=1)  # e.g. eval.test.rmse
     better: Literal["higher", "lower"]
-    abs_tol: float = Field(0.0, ge=0)
-    rel_tol: float = Field(0.0, ge=0)
+    # allowed worsening against the baseline = max(abs_tol, rel_tol * |baseline|)
+    abs_tol: float = Field(0.0, ge=0, allow_inf_nan=False)
+    rel_tol: float = Field(0.0, ge=0, allow_inf_nan=False)
+    when: TaskName | None = None
 
 
 class GateParams(Section):
-    rules: tuple[str, ...] = ()  # absolute rules, e.g. "eval.test.r2 >= 0.85"
+    # absolute rules: "PATH OP VALUE" strings, or {rule: "...", when: regression|classification}
+    rules: tuple[str | AbsoluteRule, ...] = ()
     regressions: tuple[RegressionRule, ...] = ()
 
 
