@@ -104,24 +104,32 @@ class DataParams(Section):
 
 
 class ValidateParams(Section):
-    min_rows: int = Field(1, ge=1)
+    min_rows: int = Field(1, ge=1)  # per split
     # {column: [low, high]}; columns not named get robust bounds derived from the train split
     feature_bounds: dict[str, tuple[float, float]] | None = None
+    # robust bounds: train quantiles [q, 1-q] widened by margin x (q_hi - q_lo) on each side
     bounds_quantile: float = Field(0.001, ge=0, lt=0.5)
-    bounds_margin: float = Field(1.0, ge=0)
-    target_bounds: tuple[float, float] | None = None
+    bounds_margin: float = Field(1.0, ge=0, allow_inf_nan=False)
+    target_bounds: tuple[float, float] | None = None  # regression; null = robust bounds from train
     class_balance_tol: float = Field(0.05, gt=0, le=1)
-    drift_mean_tol: float = Field(0.25, gt=0)
-    drift_std_tol: float = Field(0.25, gt=0)
+    drift_mean_tol: float = Field(0.25, gt=0, allow_inf_nan=False)  # in train stds
+    drift_std_tol: float = Field(0.25, gt=0, allow_inf_nan=False)  # relative to train's std
+    # drift tolerances widen to this many standard errors of the statistic in small splits
+    drift_noise_z: float = Field(5.0, ge=0, allow_inf_nan=False)
     check_leakage: bool = True
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ValidateParams:
         for col, (lo, hi) in (self.feature_bounds or {}).items():
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"validate.feature_bounds.{col}: [{lo:g}, {hi:g}] must be finite (inf must fail)")
             if not lo < hi:
                 raise ValueError(f"validate.feature_bounds.{col}: low {lo:g} must be below high {hi:g}")
-        if self.target_bounds is not None and not self.target_bounds[0] < self.target_bounds[1]:
-            raise ValueError(f"validate.target_bounds: {list(self.target_bounds)} must be [low, high]")
+        if self.target_bounds is not None and not (
+            math.isfinite(self.target_bounds[0]) and math.isfinite(self.target_bounds[1])
+            and self.target_bounds[0] < self.target_bounds[1]
+        ):
+            raise ValueError(f"validate.target_bounds: {list(self.target_bounds)} must be finite [low, high]")
         return self
 
 

@@ -1,0 +1,331 @@
+"""Stage `validate`: Great Expectations suites on every split; bad data stops the pipeline here.
+
+`run(params, frames, meta)` builds one suite per split (stages.expectations) plus a cross-split
+leakage suite, validates each split as one batch of one ephemeral GX context, adds the class
+balance check GX has no expectation for, and returns the report (pure: no files).
+
+`main()` reads data/, writes reports/validation.json and the GX Data Docs site under
+reports/data_docs/, and raises ValidationFailed (exit 1, one line per failed check on stderr)
+when anything failed. The report and the docs are written on failure too, since they are the
+diagnosis; DVC does not record a failed stage in dvc.lock and runs nothing downstream of it,
+so `train` (which depends on reports/validation.json) never runs on data that failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# GX reads this when it is imported; there is no network here and no analytics wanted anywhere
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import great_expectations as gx  # noqa: E402
+from great_expectations.data_context.types.base import (  # noqa: E402
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+from stages.artifacts import write_json  # noqa: E402
+from stages.dataset import DATA_DIR, SPLITS, load_meta, read_split_frame  # noqa: E402
+from stages.errors import DataError, ValidationFailed, run_main  # noqa: E402
+from stages.expectations import (  # noqa: E402
+    HASH_COLUMN,
+    is_numeric,
+    leakage_expectation,
+    reference_stats,
+    split_expectations,
+)
+from stages.params import ValidateParams, load_params  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+REPORT_PATH = Path("reports/validation.json")
+DOCS_DIR = Path("reports/data_docs")
+MAX_LINES = 40  # failed checks listed on stderr; the report has them all
+
+
+# ------------------------------------------------------------------------------- GX context
+
+
+def make_context(docs_dir: Path | None = None) -> Any:
+    """An in-memory GX context: nothing written to disk except the Data Docs site, if asked for."""
+    sites = {}
+    if docs_dir is not None:
+        sites["local_site"] = {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        data_docs_sites=sites,
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    return gx.get_context(project_config=config, mode="ephemeral")
+
+
+def _validate_frame(context: Any, name: str, frame: pd.DataFrame, expectations: list[Any]) -> Any:
+    """Run one suite on one dataframe (one batch); the result is also stored for Data Docs."""
+    source = context.data_sources.add_or_update_pandas(name="frames")
+    batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("all rows")
+    suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+    return definition.run(batch_parameters={"dataframe": frame}, result_format="BASIC")
+
+
+# ------------------------------------------------------------------------------ cross-split
+
+
+def row_hashes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """One 64-bit hash per distinct row of `columns` (collisions: ~3e-8 chance in 1M rows)."""
+    return pd.unique(pd.util.hash_pandas_object(frame[columns], index=False).to_numpy())
+
+
+def leakage_detail(hashes: dict[str, np.ndarray]) -> str:
+    """Which splits share rows, e.g. '3 rows of val also in train'."""
+    names = list(hashes)
+    shared = [
+        f"{n} row{'s' if n != 1 else ''} of {b} also in {a}"
+        for i, a in enumerate(names) for b in names[i + 1:]
+        if (n := len(np.intersect1d(hashes[a], hashes[b], assume_unique=True)))
+    ]
+    return "; ".join(shared)
+
+
+def class_balance_failures(frames: dict[str, pd.DataFrame], meta: dict[str, Any], tol: float) -> list[dict[str, Any]]:
+    """Each class's share of val and test within `tol` of its share of train.
+
+    generate stratifies splits on the label, so shares agree up to rounding; one row's worth
+    (1 / rows) is added to the tolerance so tiny splits do not fail on rounding alone.
+    """
+    target, k = meta["target"], len(meta["classes"])
+
+    def shares(frame: pd.DataFrame) -> np.ndarray | None:
+        if target not in frame.columns or not is_numeric(frame[target]):
+            return None
+        labels = frame[target].dropna().to_numpy()
+        labels = labels[(labels >= 0) & (labels < k)].astype(np.int64)  # others fail `labels`
+        return np.bincount(labels, minlength=k) / len(labels) if len(labels) else None
+
+    train = shares(frames["train"])
+    failures = []
+    for split in ("val", "test"):
+        share = shares(frames[split])
+        if train is None or share is None:
+            continue
+        allowed = tol + 1 / len(frames[split])
+        off = [c for c in range(k) if abs(share[c] - train[c]) > allowed]
+        if off:
+            failures.append({
+                "split": split, "check": "class_balance", "expectation": "class_balance (pandas)",
+                "column": target,
+                "expected": f"each class's share within {allowed:.3g} of train's "
+                            f"({', '.join(f'{c}: {train[c]:.3f}' for c in range(k))})",
+                "observed": ", ".join(f"class {c} {share[c]:.3f} vs train {train[c]:.3f}" for c in off),
+                "result": {"shares": share.tolist(), "train_shares": train.tolist()},
+            })
+    return failures
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars unwrapped, non-finite floats as strings ('inf', 'nan')."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _exception_message(info: dict[str, Any] | None) -> str | None:
+    """GX nests exception info per metric in some versions; take the first raised one."""
+    if not info:
+        return None
+    infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    for item in infos:
+        if item.get("raised_exception"):
+            return (item.get("exception_message") or "unknown error").splitlines()[0]
+    return None
+
+
+def _observed(kind: str, kwargs: dict[str, Any], result: dict[str, Any], frame: pd.DataFrame) -> str:
+    """What GX observed, in words."""
+    col = kwargs.get("column")
+    if kind == "expect_table_columns_to_match_ordered_list":
+        found, wanted = list(result.get("observed_value") or []), list(kwargs["column_list"])
+        missing = [c for c in wanted if c not in found]
+        extra = [c for c in found if c not in wanted]
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unexpected {', '.join(map(str, extra))}"] if extra else [])
+        return "; ".join(parts) or f"columns out of order: {', '.join(map(str, found))}"
+    if kind == "expect_column_values_to_be_in_type_list":
+        # object columns are checked value by value and have no single observed type
+        dtype = frame[col].dtype if col in frame.columns else result.get("observed_value")
+        mixed = f" ({result['unexpected_count']} of {result['element_count']} values not of those types)" \
+            if "unexpected_count" in result else ""
+        return f"dtype {dtype}{mixed}"
+    if kind == "expect_column_distinct_values_to_contain_set":
+        return f"missing {jsonable(result.get('partial_missing_list'))}"
+    if "unexpected_count" in result:  # column-map expectations
+        n, total = result["unexpected_count"], result.get("element_count")
+        if kind == "expect_column_values_to_not_be_null":
+            return f"{n} of {total} values null (NaN/None)"
+        sample = ", ".join(str(v) for v in jsonable(result.get("partial_unexpected_list") or [])[:5])
+        text = f"{n} of {total} values outside"
+        if kind == "expect_column_values_to_be_between" and col in frame.columns:
+            n_inf = int(np.isinf(frame[col].to_numpy(np.float64, na_value=np.nan)).sum())
+            if n_inf:
+                text += f", {n_inf} of them infinite (inf)"
+        return f"{text} (e.g. {sample})" if sample else text
+    observed = result.get("observed_value")
+    name = {"expect_column_mean_to_be_between": "mean", "expect_column_stdev_to_be_between": "std"}.get(kind)
+    if name:
+        if observed is None or not math.isfinite(observed):
+            return f"{name} {observed} (non-finite values in the column)"
+        return f"{name} {observed:.6g}"
+    if kind.startswith("expect_table_row_count"):
+        return f"{observed} rows"
+    return str(jsonable(observed))
+
+
+def describe_failure(split: str, er: Any, frame: pd.DataFrame) -> dict[str, Any]:
+    """One failed GX expectation result as a report entry."""
+    config = er.expectation_config
+    meta, kwargs, result = config.meta or {}, dict(config.kwargs), dict(er.result or {})
+    error = _exception_message(er.exception_info)
+    column = kwargs.get("column")
+    observed = f"GX error: {error}" if error else _observed(config.type, kwargs, result, frame)
+    if config.type == "expect_table_columns_to_match_ordered_list":
+        found = list(result.get("observed_value") or [])
+        changed = [c for c in kwargs["column_list"] if c not in found] + [c for c in found if c not in kwargs["column_list"]]
+        column = ", ".join(map(str, changed)) or None
+    return {"split": split, "check": meta.get("check", config.type), "expectation": config.type,
+            "column": column, "expected": meta.get("expected", str(jsonable(kwargs))),
+            "observed": observed, "result": jsonable(result)}
+
+
+def _section(results: Any, failures: list[dict[str, Any]], rows: int | None = None) -> dict[str, Any]:
+    section = {"success": not failures, "checks": len(results.results), "failed": failures}
+    if rows is not None:
+        section["rows"] = rows
+    return section
+
+
+def run(params: ValidateParams, frames: dict[str, pd.DataFrame], meta: dict[str, Any],
+        context: Any = None) -> dict[str, Any]:
+    """Validate the three splits; return the report. `context`: a GX context (e.g. one with a
+    Data Docs site, see make_context); a fresh in-memory one by default."""
+    missing = [s for s in SPLITS if s not in frames]
+    if missing:
+        raise DataError(f"validate: split(s) {', '.join(missing)} not given")
+    context = context if context is not None else make_context()
+    refs = reference_stats(params, frames["train"], meta)
+    report: dict[str, Any] = {"task": meta["task"], "splits": {}, "cross_split": {}}
+
+    for split in SPLITS:
+        frame = frames[split]
+        results = _validate_frame(context, split, frame, split_expectations(split, frame, meta, params, refs))
+        failed = [describe_failure(split, er, frame) for er in results.results if not er.success]
+        report["splits"][split] = _section(results, failed, rows=len(frame))
+
+    if meta["task"] == "classification":
+        for failure in class_balance_failures(frames, meta, params.class_balance_tol):
+            section = report["splits"][failure["split"]]
+            section["failed"].append(failure)
+            section["success"] = False
+
+    if params.check_leakage:
+        columns = [c for c in [*meta["feature_names"], meta["target"]] if all(c in f.columns for f in frames.values())]
+        hashes = {s: row_hashes(frames[s], columns) for s in SPLITS}
+        table = pd.DataFrame({HASH_COLUMN: np.concatenate(list(hashes.values()))})
+        results = _validate_frame(context, "leakage", table, [leakage_expectation()])
+        failed = [describe_failure("all", er, table) for er in results.results if not er.success]
+        for failure in failed:
+            failure["column"] = f"rows ({', '.join(columns)})" if len(columns) <= 3 else f"rows ({len(columns)} columns)"
+            failure["observed"] = leakage_detail(hashes) or failure["observed"]
+        report["cross_split"]["leakage"] = _section(results, failed)
+
+    report["reference"] = {col: {"low": r.low, "high": r.high, "bounds_from": r.bounds_from,
+                                 "mean": r.mean, "std": r.std} for col, r in refs.items()}
+    sections = [*report["splits"].values(), *report["cross_split"].values()]
+    report["success"] = all(s["success"] for s in sections)
+    report["failed_checks"] = sum(len(s["failed"]) for s in sections)
+    return jsonable(report)
+
+
+def failure_lines(report: dict[str, Any]) -> list[str]:
+    """One line per failed check: split, check, column, expected vs observed."""
+    sections = [*report["splits"].values(), *report["cross_split"].values()]
+    return [
+        f"{f['split']}: {f['check']}"
+        + (f" [{f['column']}]" if f["column"] else "")
+        + f": expected {f['expected']}; observed {f['observed']}"
+        for s in sections for f in s["failed"]
+    ]
+
+
+def failure_message(report: dict[str, Any], report_path: Path = REPORT_PATH) -> str:
+    lines = failure_lines(report)
+    shown = lines[:MAX_LINES]
+    if len(lines) > MAX_LINES:
+        shown.append(f"... and {len(lines) - MAX_LINES} more")
+    return (f"data validation failed, {len(lines)} check(s) (details: {report_path}):\n  "
+            + "\n  ".join(shown))
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def _replace_dir(src: Path, dest: Path) -> None:
+    """Put the freshly built `src` in place of `dest` (rename: never a half-built site at `dest`)."""
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    src.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(data_dir: Path = DATA_DIR, report_path: Path = REPORT_PATH, docs_dir: Path = DOCS_DIR) -> dict[str, Any]:
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    params = load_params().validate_params
+    meta = load_meta(data_dir)
+    frames = {s: read_split_frame(s, data_dir) for s in SPLITS}
+    docs_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{docs_dir.name}.", dir=docs_dir.parent))
+    try:
+        context = make_context(staging)
+        report = run(params, frames, meta, context)
+        context.build_data_docs()
+        _replace_dir(staging, docs_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_json(report_path, report)
+    if not report["success"]:
+        raise ValidationFailed(failure_message(report, report_path))
+    log.info("all checks passed (%s); report %s, data docs %s/index.html",
+             ", ".join(f"{s}: {v['checks']}" for s, v in report["splits"].items()), report_path, docs_dir)
+    return report
+
+
+if __name__ == "__main__":
+    run_main(main, "validate")
