@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,13 +16,13 @@ from stages.gate_report import render_markdown, result_json
 from stages.gate_rules import (
     GateError,
     GateResult,
+    MetricMissing,
     NoRegression,
     Row,
     Threshold,
     evaluate_rules,
     judge_regression,
     lookup,
-    MetricMissing,
     parse_rules,
     parse_threshold,
 )
@@ -454,6 +451,19 @@ def test_gate_outside_git_cannot_judge_a_baseline(tmp_path: Path, monkeypatch):
     assert result.exit_code == 2 and "not in a git repository" in result.errors[0]
 
 
+def test_task_for_when_comes_from_meta_json(metrics_repo: Path):
+    params = load_params(metrics_repo / "params.yaml").gate
+    rows = {r.metric: r for r in run_gate(params, None, metrics_repo).rows}
+    assert rows["eval.test.accuracy"].status == "skip"  # meta.json says regression
+    _write_metrics(metrics_repo, 1.0, 0.95, task="classification")
+    result = run_gate(params, None, metrics_repo)
+    assert result.task == "classification"
+    assert {r.metric: r for r in result.rows}["eval.test.accuracy"].status == "error"  # no accuracy here
+    (metrics_repo / "data" / "meta.json").unlink()
+    result = run_gate(params, None, metrics_repo)
+    assert result.exit_code == 2 and "rules with `when` need the task" in result.errors[0]
+
+
 def test_cli_missing_metrics_file_exit_2_and_writes_report(metrics_repo: Path):
     (metrics_repo / "metrics" / "export.json").unlink()
     proc = run_cmd(["fitline", "gate", "--baseline", "HEAD", "--report", "out/gate.md", "--json", "out/gate.json"],
@@ -501,3 +511,47 @@ def test_workflow_file_is_valid_yaml_with_the_gate_steps():
     assert wf["permissions"]["pull-requests"] == "write"
     # the last step fails the job when the gate did not pass
     assert "steps.gate.outputs.exit_code" in steps[-1]["if"] and "exit" in steps[-1]["run"]
+
+
+# ------------------------------------------------------------ end to end: a degraded model
+
+E2E_GATE = """\
+gate:
+  rules:
+    - export.parity_max_abs <= 1.0e-4
+    - {rule: eval.test.accuracy >= 0.5, when: classification}
+  regressions:
+    - {metric: eval.test.rmse, better: lower, rel_tol: 0.02, when: regression}
+    - {metric: eval.test.r2, better: higher, abs_tol: 0.005, when: regression}
+"""
+
+
+@pytest.mark.slow
+def test_degraded_model_fails_the_gate_against_the_committed_baseline(tmp_path: Path):
+    from tests.conftest import SMALL_PARAMS
+
+    params = yaml.safe_load(SMALL_PARAMS)
+    params["train"]["epochs"] = 40  # enough for a model worth protecting, still seconds
+    repo = make_pipeline_repo(tmp_path / "repo", yaml.safe_dump(params) + E2E_GATE)
+    run_cmd(["dvc", "repro"], repo)
+    run_cmd(["git", "add", "-A"], repo)
+    run_cmd(["git", "commit", "-q", "-m", "baseline run"], repo)
+    tracked = run_cmd(["git", "ls-files", "metrics"], repo).stdout.split()
+    assert {"metrics/eval.json", "metrics/export.json"} <= set(tracked), "metrics must be git-tracked"
+
+    good = run_cmd(["fitline", "gate", "--baseline", "HEAD"], repo, check=False)
+    assert good.returncode == 0, good.stdout + good.stderr
+
+    # an absurd learning rate for a single epoch: a model that silently got much worse
+    params["train"].update(lr=1.0e-6, epochs=1)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params) + E2E_GATE)
+    run_cmd(["dvc", "repro"], repo)
+    bad = run_cmd(["fitline", "gate", "--baseline", "HEAD", "--json", "gate.json"], repo, check=False)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert bad.stdout.startswith("**Model quality gate: FAILED** — 2 of 3 rules failed (1 skipped)")
+    rows = {r["metric"]: r for r in json.loads((repo / "gate.json").read_text())["rows"]}
+    assert rows["eval.test.rmse"]["status"] == "fail" and rows["eval.test.r2"]["status"] == "fail"
+    assert rows["eval.test.rmse"]["current"] > rows["eval.test.rmse"]["baseline"] * 1.02
+    assert rows["eval.test.r2"]["current"] < rows["eval.test.r2"]["baseline"] - 0.005
+    assert rows["export.parity_max_abs"]["status"] == "pass"
+    assert rows["eval.test.accuracy"]["status"] == "skip"
