@@ -1,0 +1,382 @@
+"""Stage `train`: fit the model on the train split, early-stop on the val split.
+
+`train_model` is pure in-process training (a sweep calls it from threads): no global RNG or
+torch settings are touched, and nothing is written unless `checkpoint_dir` or `live` is given.
+The data goes onto the device once as tensors; each epoch permutes it with a seeded generator
+and slices batches (no DataLoader, no per-sample Python). After every epoch the objective
+without the penalty is evaluated on the full train and val splits in eval mode, so the two
+curves are comparable.
+
+Checkpoints (every `checkpoint_every` epochs, atomic) hold everything the next epoch depends on:
+weights, optimizer state, RNG state, early-stopping state and history, plus a fingerprint of the
+params, data and code. A rerun after a kill resumes from a checkpoint with the same fingerprint
+and ends, on CPU, with the same model bytes as an uninterrupted run; any other checkpoint is
+ignored. `main()` deletes the checkpoint once the outputs are written: a finished run has nothing
+to resume, and `dvc repro -f` then really retrains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from stages import models, optim
+from stages.artifacts import atomic_path, write_json, write_text
+from stages.dataset import Split, load_meta, load_splits
+from stages.errors import DataError, ParamsError, TrainingDiverged, run_main
+from stages.models import SeededDropout, build_model, fit_scaling, save_model, weight_tensors
+from stages.optim import lr_at, make_loss, make_optimizer, make_penalty, resolve_loss
+from stages.params import TrainParams, load_params
+
+log = logging.getLogger(__name__)
+
+MODEL_PATH = Path("models/model.pt")
+METRICS_PATH = Path("metrics/train.json")
+HISTORY_PATH = Path("metrics/train_history.csv")
+CHECKPOINT_DIR = Path("checkpoints")
+CHECKPOINT_FILE = "checkpoint.pt"
+LIVE_DIR = "dvclive"
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "epoch_seconds")
+EVAL_CHUNK = 65536  # rows per forward pass when evaluating a whole split
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # on CPU, eval mode, best weights restored (when early stopping is on)
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------- set-up
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("train.device: 'cuda' but no CUDA device is available here (use auto or cpu)")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"train.device: unknown device {name!r} (allowed: auto, cpu, cuda)")
+    return torch.device(name)
+
+
+def model_config(p: TrainParams, meta: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-able model description saved with the weights."""
+    task = meta["task"]
+    classes = meta.get("classes") if task == "classification" else None
+    if task == "classification" and not classes:
+        raise DataError("data/meta.json: task is classification but 'classes' is empty")
+    return {
+        "task": task,
+        "feature_names": list(meta["feature_names"]),
+        "target": meta["target"],
+        "classes": list(classes) if classes else None,
+        "n_features": len(meta["feature_names"]),
+        "n_outputs": len(classes) if classes else 1,
+        "model": p.model,
+        "hidden": list(p.hidden) if p.model == "mlp" else [],
+        "activation": p.activation,
+        "dropout": p.dropout if p.model == "mlp" else 0.0,
+        "scaling": p.scaling,
+        "loss": resolve_loss(p.loss, task),
+        "huber_delta": p.huber_delta,
+    }
+
+
+def check_splits(splits: dict[str, Split], cfg: dict[str, Any]) -> None:
+    """Shapes, finiteness and label range: a bad split is a DataError, not a NaN loss later."""
+    for name in ("train", "val"):
+        if name not in splits:
+            raise DataError(f"data/{name}.parquet: split {name!r} missing")
+        s = splits[name]
+        if s.x.ndim != 2 or s.x.shape[1] != cfg["n_features"] or len(s.x) == 0 or len(s.y) != len(s.x):
+            raise DataError(
+                f"data/{name}.parquet: features of shape {s.x.shape} with {len(s.y)} targets; "
+                f"expected rows x {cfg['n_features']} and one target per row"
+            )
+        if not np.isfinite(s.x).all():
+            raise DataError(f"data/{name}.parquet: {int((~np.isfinite(s.x)).sum())} missing or infinite feature values")
+        if cfg["task"] == "regression" and not np.isfinite(s.y).all():
+            raise DataError(f"data/{name}.parquet: {int((~np.isfinite(s.y)).sum())} missing or infinite targets")
+        if cfg["task"] == "classification" and (s.y.min() < 0 or s.y.max() >= cfg["n_outputs"]):
+            raise DataError(
+                f"data/{name}.parquet: class labels outside 0..{cfg['n_outputs'] - 1} "
+                f"(found {int(s.y.min())}..{int(s.y.max())})"
+            )
+
+
+def run_fingerprint(p: TrainParams, splits: dict[str, Split], cfg: dict[str, Any], device: torch.device) -> str:
+    """Hash of everything a run's result depends on: params, data, code, device, torch version."""
+    h = hashlib.sha256()
+    head = {"params": p.model_dump(mode="json", exclude={"checkpoint_every"}), "config": cfg,
+            "device": device.type, "torch": torch.__version__}
+    h.update(json.dumps(head, sort_keys=True).encode())
+    for name in ("train", "val"):
+        h.update(np.ascontiguousarray(splits[name].x).tobytes())
+        h.update(np.ascontiguousarray(splits[name].y).tobytes())
+    for module in (models, optim, sys.modules[__name__]):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: optim.LossFn) -> float:
+    """Mean loss of `model` (eval mode, target units) over a whole split, in chunks."""
+    model.eval()
+    total = 0.0
+    for i in range(0, len(x), EVAL_CHUNK):
+        total += float(loss_fn(model(x[i : i + EVAL_CHUNK]), y[i : i + EVAL_CHUNK])) * len(x[i : i + EVAL_CHUNK])
+    return total / len(x)
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    rows = [",".join(HISTORY_COLUMNS)]
+    rows += [",".join(repr(rec[c]) for c in HISTORY_COLUMNS) for rec in history]
+    return "\n".join(rows) + "\n"
+
+
+def clear_checkpoint(checkpoint_dir: str | Path) -> None:
+    """Delete the run's checkpoint file (the folder stays: DVC declares it as an output)."""
+    path = Path(checkpoint_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CHECKPOINT_FILE).unlink(missing_ok=True)
+
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a checkpoint torn by a crash is not fatal: start fresh
+        log.warning("ignoring unreadable checkpoint %s (%s); starting fresh", path, type(exc).__name__)
+        return None
+    if not isinstance(blob, dict) or blob.get("fingerprint") != fingerprint:
+        log.info("checkpoint %s is from other params, data or code; starting fresh", path)
+        return None
+    return blob
+
+
+def _log_live(live: Any, rec: dict[str, Any]) -> None:
+    for key in HISTORY_COLUMNS[1:]:
+        live.log_metric(key, rec[key])
+    live.next_step()
+
+
+# -------------------------------------------------------------------------------- training
+
+
+def train_model(
+    params: TrainParams,
+    splits: dict[str, Split],
+    meta: dict[str, Any],
+    *,
+    checkpoint_dir: Path | None = None,
+    live: Any = None,
+    progress: bool = False,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train a model on splits['train'], early-stopping on splits['val'].
+
+    `live` is a dvclive.Live (metrics per epoch); `on_epoch_end` is called with each epoch's
+    history record after its checkpoint is written (raising from it stops the run there).
+    """
+    p = params
+    device = resolve_device(p.device)
+    cfg = model_config(p, meta)
+    check_splits(splits, cfg)
+    use_bf16 = p.precision == "bf16" and device.type == "cuda"
+    if p.precision == "bf16" and not use_bf16:
+        log.warning("train.precision bf16 is CUDA only; training in fp32 on %s", device.type)
+
+    gen = torch.Generator().manual_seed(p.seed)  # init, then the per-epoch permutations
+    model = build_model(cfg, generator=gen)
+    fit_scaling(model, splits["train"].x, splits["train"].y, p.scaling)
+    model.to(device)
+    drop_gen = None
+    if cfg["dropout"] > 0:
+        drop_gen = torch.Generator(device=device).manual_seed(p.seed + 1)
+        for m in model.modules():
+            if isinstance(m, SeededDropout):
+                m.generator = drop_gen
+
+    regression = cfg["task"] == "regression"
+    # copies: the arrays may be read-only views of parquet buffers
+    x_train = torch.tensor(splits["train"].x, device=device)
+    y_train = torch.tensor(splits["train"].y, device=device)
+    x_val = torch.tensor(splits["val"].x, device=device)
+    y_val = torch.tensor(splits["val"].y, device=device)
+    eval_loss_fn = make_loss(cfg["loss"], p.huber_delta)
+    if regression:
+        # the optimiser works on the standardised target; the objective is the same up to
+        # the factor y_std² (Huber too, with delta scaled alike), so lr means the same for any units
+        y_mean, y_std = model.y_mean.item(), model.y_std.item()
+        y_fit = (y_train - y_mean) / y_std
+        train_loss_fn = make_loss(cfg["loss"], p.huber_delta / y_std)
+    else:
+        y_fit, train_loss_fn = y_train, eval_loss_fn
+
+    optimizer = make_optimizer(p, model.parameters())
+    penalty = make_penalty(p)
+    weights = weight_tensors(model)
+    n = len(x_train)
+    batch = n if p.optimizer == "gd" else min(p.batch_size, n)
+    patience = p.early_stopping.patience
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+
+    # run state: everything a checkpoint must restore
+    history: list[dict[str, Any]] = []
+    best_loss, best_epoch, bad_epochs, best_state = math.inf, 0, 0, None
+    start, elapsed = 0, 0.0
+    ckpt_path = fingerprint = None
+    if checkpoint_dir is not None:
+        ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE
+        fingerprint = run_fingerprint(p, splits, cfg, device)
+        blob = _load_checkpoint(ckpt_path, fingerprint)
+        if blob is not None:
+            model.load_state_dict(blob["model"])
+            optimizer.load_state_dict(blob["optimizer"])
+            gen.set_state(blob["rng"])
+            if drop_gen is not None:
+                drop_gen.set_state(blob["drop_rng"])
+            history, start, elapsed = blob["history"], blob["epoch"], blob["elapsed"]
+            best_loss, best_epoch, bad_epochs = blob["best_loss"], blob["best_epoch"], blob["bad_epochs"]
+            best_state = {k: v.to(device) for k, v in blob["best_state"].items()} if blob["best_state"] else None
+            log.info("resuming from %s at epoch %d", ckpt_path, start)
+    if live is not None:
+        for rec in history:  # DVC clears dvclive/ before a rerun: replay the resumed epochs
+            _log_live(live, rec)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=p.epochs, initial=start, desc="train", unit="epoch", file=sys.stderr, leave=False)
+    stopped = False
+    for epoch in range(start, p.epochs):
+        t0 = time.perf_counter()
+        lr = lr_at(p, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        if batch < n:
+            perm = torch.randperm(n, generator=gen).to(device)
+            xs, ys = x_train[perm], y_fit[perm]  # one gather per epoch, then free slices
+        else:
+            xs, ys = x_train, y_fit
+        for i in range(0, n, batch):
+            with autocast():
+                loss = train_loss_fn(model.raw(xs[i : i + batch]), ys[i : i + batch])
+                if penalty is not None:
+                    loss = loss + penalty(weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if p.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            optimizer.step()
+
+        train_loss = evaluate_loss(model, x_train, y_train, eval_loss_fn)
+        val_loss = evaluate_loss(model, x_val, y_val, eval_loss_fn)
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            bad = train_loss if not math.isfinite(train_loss) else val_loss
+            raise TrainingDiverged(
+                f"training diverged at epoch {epoch + 1} (loss {bad}); lower train.lr (now {p.lr:g}) "
+                "or set train.grad_clip"
+            )
+        seconds = time.perf_counter() - t0
+        elapsed += seconds
+        rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "epoch_seconds": seconds}
+        history.append(rec)
+        if val_loss < best_loss - p.early_stopping.min_delta:
+            best_loss, best_epoch, bad_epochs = val_loss, epoch + 1, 0
+            if patience is not None:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        stopped = patience is not None and bad_epochs >= patience
+        if live is not None:
+            _log_live(live, rec)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+        last = stopped or epoch + 1 == p.epochs
+        if ckpt_path is not None and (epoch + 1) % p.checkpoint_every == 0 and not last:
+            with atomic_path(ckpt_path) as tmp:
+                torch.save({
+                    "fingerprint": fingerprint, "epoch": epoch + 1, "elapsed": elapsed, "history": history,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": gen.get_state(), "drop_rng": drop_gen.get_state() if drop_gen is not None else None,
+                    "best_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                    "best_state": best_state,
+                }, tmp)
+        if on_epoch_end is not None:
+            on_epoch_end(rec)
+        if stopped:
+            log.info("early stopping at epoch %d: no val improvement for %d epochs", epoch + 1, patience)
+            break
+    if bar is not None:
+        bar.close()
+
+    restored = patience is not None and best_state is not None
+    if restored:
+        model.load_state_dict(best_state)
+    for m in model.modules():
+        if isinstance(m, SeededDropout):
+            m.generator = None
+    model.to("cpu").eval()
+    final = history[-1]
+    metrics = {
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "train_loss": final["train_loss"],
+        "val_loss": final["val_loss"],
+        "best_val_loss": best_loss,
+        "restored_best": restored,
+        "stopped_early": stopped,
+        "wall_seconds": round(elapsed, 3),
+        "samples_per_second": round(n * len(history) / elapsed, 1) if elapsed > 0 else None,
+        "device": device.type,
+        "precision": "bf16" if use_bf16 else "fp32",
+        "loss": cfg["loss"],
+        "n_train": n,
+        "n_val": len(x_val),
+        "resumed_from_epoch": start,
+    }
+    log.info("trained %d epochs in %.1f s: train %s %.4g, val %.4g (best %.4g at epoch %d)",
+             len(history), elapsed, cfg["loss"], final["train_loss"], final["val_loss"], best_loss, best_epoch)
+    return TrainResult(model=model, config=cfg, metrics=metrics, history=history)
+
+
+def main() -> None:
+    params = load_params()
+    meta = load_meta()
+    splits = load_splits(meta=meta)
+    from dvclive import Live  # imported here: train_model itself needs no dvclive
+
+    with Live(dir=LIVE_DIR, save_dvc_exp=False, dvcyaml=False) as live:
+        result = train_model(params.train, splits, meta, checkpoint_dir=CHECKPOINT_DIR, live=live,
+                             progress=sys.stderr.isatty())
+    save_model(MODEL_PATH, result.model, result.config)
+    write_json(METRICS_PATH, result.metrics)
+    write_text(HISTORY_PATH, history_csv(result.history))
+    clear_checkpoint(CHECKPOINT_DIR)
+
+
+if __name__ == "__main__":
+    run_main(main, "train")
