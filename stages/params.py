@@ -195,15 +195,23 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    # underfit: train loss above this multiple of the irreducible error (synthetic data)
+    # The "loss" judged is MSE (regression) or log loss (classification), on the whole split.
+    # underfit (synthetic data): train loss above this multiple of the irreducible loss
     underfit_noise_ratio: float = Field(1.5, gt=1)
-    # underfit without ground truth: skill over the constant baseline below this (R² for regression)
+    # underfit (no ground truth): train skill over the constant baseline below this
+    # (regression: R²; classification: 1 - error rate / baseline error rate)
     min_skill: float = Field(0.1, ge=0, lt=1)
-    # overfit: (val - train) / train above this
+    # overfit: generalisation gap (val - train) / train above this
     overfit_gap: float = Field(0.3, gt=0)
-    # overfit: best val epoch earlier than this fraction of the epochs run, and val rose after it
+    # losses and gaps smaller than this fraction of the constant baseline's loss count as zero
+    # (keeps noise-free data, where train loss -> 0, from turning ratios into noise)
+    negligible: float = Field(0.01, ge=0, lt=1)
+    # learning curve: overfit when the best val epoch comes before this fraction of the epochs
+    # run AND the final val loss is more than val_rise (relative) above its minimum
     early_best_fraction: float = Field(0.5, gt=0, lt=1)
     val_rise: float = Field(0.1, gt=0)
+    # plots: at most this many test rows (a seeded sample) in reports/predictions.csv
+    plot_points: int = Field(5000, ge=10)
 
 
 # ------------------------------------------------------------------------------------- export
