@@ -1,0 +1,191 @@
+"""The `training_pipeline` flow: the DVC stages of dvc.yaml as Prefect tasks.
+
+The flow reads the DAG from dvc.yaml through DVC (flows/dag.py) and runs each stage with
+`dvc repro --single-item` (flows/stage_run.py), so dvc.lock ends exactly as `dvc repro` leaves
+it and the two are interchangeable on one workspace.
+
+Caching. The cache key of a stage is its DVC fingerprint: cmd, params values, deps' content
+hashes, and the outs' hashes in dvc.lock (flows/dag.StageState). A key exists only for a state
+DVC has recorded, i.e. when `dvc status` has nothing to do for the stage; a stale stage gets no
+key and runs. A recorded state that has no Prefect record yet (a stage the flow just ran, or
+one `dvc repro` ran) is adopted into Prefect's cache under its key, so after either tool the
+flow shows every stage Cached. Outs missing from the workspace are restored from DVC's cache
+(`dvc checkout <stage>`) before the key is computed; an out that cannot be restored makes the
+stage stale, so it runs. Why not key on the inputs alone: Prefect would then return a hit for
+inputs it saw once even when dvc.lock and the outs now hold another state (a param reverted,
+an older commit checked out), and the workspace would not match what the run reported.
+
+Retries are declared on the task; `retry_condition_fn` refuses a retry for a stage's own
+expected error (`fitline <stage>: error: ...`), so those fail the flow at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# No network here: the server's telemetry would fail. Set before prefect reads its settings.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+# The temporary server of a first run migrates a fresh SQLite database; on a busy 2-core machine
+# that takes longer than Prefect's 20 s default.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import CachePolicy  # noqa: E402
+from prefect.context import FlowRunContext, TaskRunContext  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
+
+from flows.dag import checkout_stage, metrics_paths, read_dag, stage_state  # noqa: E402
+from flows.history import git_commit, metrics_row, record_run  # noqa: E402
+from flows.stage_run import StageFailed, repro_stage  # noqa: E402
+from flows.workspace_lock import workspace_lock  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+FLOW_NAME = "fitline-pipeline"
+# Prefect's cache records of a workspace live beside DVC's own temporary state: they describe
+# that workspace's dvc.lock, and .dvc/tmp is never committed.
+CACHE_DIR = Path(".dvc") / "tmp" / "fitline-prefect-cache"
+
+
+def cache_storage(root: str | os.PathLike[str]) -> Path:
+    """Where the stage tasks' cache records live (a Path: Prefect makes it a local storage)."""
+    return Path(root).resolve() / CACHE_DIR
+
+
+def stage_result(name: str, fingerprint: str | None, executed: bool) -> dict[str, Any]:
+    """What a stage task returns (and what its cache record holds)."""
+    return {"stage": name, "fingerprint": fingerprint, "executed": executed}
+
+
+@dataclass
+class DvcFingerprint(CachePolicy):
+    """Cache key = the stage's DVC fingerprint, for stages whose state dvc.lock records."""
+
+    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
+                    flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+        root, name = inputs["root"], inputs["stage"]
+        state = stage_state(root, name)
+        if state.restorable:
+            logging.getLogger(__name__).info(
+                "%s: restoring %s from DVC's cache", name, ", ".join(sorted(state.outs_status)))
+            try:
+                checkout_stage(root, name)
+            except Exception as exc:  # cache gone or unreadable: the stage re-runs instead
+                logging.getLogger(__name__).warning("%s: dvc checkout failed (%s); re-running", name, exc)
+            state = stage_state(root, name)
+        if not state.up_to_date:
+            return None
+        key = f"{name}-{state.fingerprint}"
+        store = task_ctx.result_store
+        if not store.exists(key):
+            # a state DVC recorded (the flow or `dvc repro` ran the stage): adopt it, so this
+            # task is Cached exactly when DVC has nothing to do
+            store.write(obj=stage_result(name, state.fingerprint, executed=False), key=key)
+        return key
+
+
+def is_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """retry_condition_fn: retry anything but a stage's own expected (deterministic) error."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return not (isinstance(exc, StageFailed) and exc.deterministic)
+
+
+@task(
+    name="dvc-stage",
+    task_run_name="{stage}",
+    cache_policy=DvcFingerprint(),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_condition_fn=is_transient,
+)
+def run_stage(stage: str, root: str) -> dict[str, Any]:
+    """Run one stage through DVC (`dvc repro --single-item`); raises StageFailed."""
+    logger = get_run_logger()
+    run = repro_stage(root, stage, on_line=logger.info)
+    if not run.executed:
+        logger.info("%s: DVC restored it from its run-cache or found it up to date", stage)
+    return stage_result(stage, stage_state(root, stage).fingerprint, executed=run.executed)
+
+
+def _tag_flow_run(tag: str) -> None:
+    """Add `tag` to the current flow run (a deployment's run is created before we know the commit)."""
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    from prefect.client.orchestration import get_client
+
+    tags = list(dict.fromkeys([*ctx.flow_run.tags, tag]))
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run_id=ctx.flow_run.id, tags=tags)
+
+
+@flow(name=FLOW_NAME)
+def training_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: float = 5.0,
+                      lock_timeout_seconds: float = 600.0) -> dict[str, str]:
+    """Run every stage of dvc.yaml in dependency order; return each stage's final state name.
+
+    Args:
+        root: the DVC workspace (a git checkout with dvc.yaml).
+        retries: retries of a stage after a transient failure.
+        retry_delay_seconds: the first retry's delay; each further retry doubles it.
+        lock_timeout_seconds: how long to wait for another flow run on this workspace.
+    """
+    logger = get_run_logger()
+    workspace = Path(root).resolve()
+    commit = git_commit(workspace)
+    _tag_flow_run(commit.tag)
+    stage_task = run_stage.with_options(
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_seconds),
+        result_storage=cache_storage(workspace),
+    )
+    states: dict[str, str] = {}
+    with workspace_lock(workspace, timeout=lock_timeout_seconds):
+        for node in read_dag(workspace):
+            state = stage_task(node.name, str(workspace), return_state=True)
+            states[node.name] = state.name
+            if state.is_failed():
+                logger.error("stage %s failed; stages after it are not run", node.name)
+                state.result()  # raises the stage's own error: the flow fails with its message
+        ctx = FlowRunContext.get()
+        flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+        row = metrics_row(workspace, commit, metrics_paths(workspace), flow_run=flow_run_id)
+        record_run(row, states)
+    logger.info("stages: %s", ", ".join(f"{k}={v}" for k, v in states.items()))
+    return states
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=training_pipeline.description)
+    p.add_argument("--root", default=".", help="DVC workspace (default: the current folder)")
+    p.add_argument("--retries", type=int, default=2, help="retries after a transient stage failure")
+    p.add_argument("--retry-delay", type=float, default=5.0, help="first retry delay in seconds (doubles)")
+    p.add_argument("--lock-timeout", type=float, default=600.0,
+                   help="seconds to wait for another flow run on the same workspace")
+    return p.parse_args(argv)
+
+
+def run_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: float = 5.0,
+                 lock_timeout_seconds: float = 600.0) -> dict[str, str]:
+    """Run the flow (what `fitline run` and `python -m flows.pipeline` do)."""
+    return training_pipeline(root=str(Path(root).resolve()), retries=retries,
+                             retry_delay_seconds=retry_delay_seconds,
+                             lock_timeout_seconds=lock_timeout_seconds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    run_pipeline(args.root, args.retries, args.retry_delay, args.lock_timeout)
+
+
+if __name__ == "__main__":
+    from stages.errors import run_main
+
+    run_main(main, "run")

@@ -1,0 +1,109 @@
+"""Run one stage through DVC (`dvc repro --single-item <stage>`) and classify how it failed.
+
+Running through DVC's own command leaves dvc.lock and DVC's cache exactly as `dvc repro`
+leaves them. Stage entry points report expected errors (bad params, failed validation, a
+diverged run) as one line `fitline <stage>: error: <message>` on stderr (stages/errors.py);
+such a failure is deterministic and retrying it cannot help. Anything else (a killed process,
+DVC's repo lock held by another process, an OSError) may pass and is worth a retry.
+Nothing here imports prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from stages.errors import FitlineError
+
+log = logging.getLogger(__name__)
+
+# what `dvc repro` prints for a stage it actually runs
+_RAN = re.compile(r"^Running stage '(?P<stage>[^']+)'", re.M)
+_DVC_ERROR = re.compile(r"^ERROR: (?P<msg>.+)$", re.M)
+_OUTPUT_TAIL = 20
+
+
+class StageFailed(FitlineError):
+    """A stage's `dvc repro` failed; `deterministic` says a retry would fail the same way."""
+
+    def __init__(self, stage: str, message: str, deterministic: bool, returncode: int) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.deterministic = deterministic
+        self.returncode = returncode
+
+    def __reduce__(self):  # keep the attributes when Prefect pickles the exception into a state
+        return (type(self), (self.stage, str(self), self.deterministic, self.returncode))
+
+
+@dataclass(frozen=True)
+class StageRun:
+    stage: str
+    executed: bool  # DVC ran the command (False: restored from DVC's run-cache or already up to date)
+    output: str
+
+
+def stage_error_line(stage: str, output: str) -> str | None:
+    """The stage's own `fitline <stage>: error: ...` line, if it printed one."""
+    pattern = re.compile(rf"^fitline {re.escape(stage)}: error: .*$", re.M)
+    found = pattern.findall(output)
+    return found[-1].strip() if found else None
+
+
+def classify_failure(stage: str, returncode: int, output: str) -> StageFailed:
+    """A StageFailed carrying the stage's own message (deterministic) or DVC's (transient)."""
+    line = stage_error_line(stage, output)
+    if line is not None:
+        message = line.split(": error: ", 1)[1]
+        return StageFailed(stage, f"stage {stage}: {message}", deterministic=True, returncode=returncode)
+    dvc_errors = _DVC_ERROR.findall(output)
+    if dvc_errors:
+        detail = dvc_errors[-1].strip()
+    else:
+        tail = [ln for ln in output.strip().splitlines() if ln.strip()][-_OUTPUT_TAIL:]
+        detail = " | ".join(tail[-3:]) if tail else "no output"
+    return StageFailed(stage, f"stage {stage} failed (exit {returncode}): {detail}",
+                       deterministic=False, returncode=returncode)
+
+
+def dvc_env() -> dict[str, str]:
+    """The environment for DVC and the stage commands: this interpreter's bin folder first on
+    PATH, so `python -m stages.x` in dvc.yaml runs with the same venv as the flow."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+def repro_stage(root: str | os.PathLike[str], stage: str,
+                on_line: Callable[[str], None] = log.info) -> StageRun:
+    """`dvc repro --single-item <stage>` in `root`, streaming its output line by line.
+
+    Raises StageFailed when DVC or the stage command fails.
+    """
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
+    try:
+        proc = subprocess.Popen(cmd, cwd=root, env=dvc_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
+    except OSError as exc:
+        raise StageFailed(stage, f"stage {stage}: cannot start dvc: {exc}", False, -1) from exc
+    lines: list[str] = []
+    assert proc.stdout is not None
+    with proc.stdout:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            if line.strip():
+                on_line(line)
+    returncode = proc.wait()
+    output = "\n".join(lines)
+    if returncode != 0:
+        raise classify_failure(stage, returncode, output)
+    executed = any(m == stage for m in _RAN.findall(output))
+    return StageRun(stage=stage, executed=executed, output=output)

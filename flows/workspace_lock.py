@@ -1,0 +1,72 @@
+"""One flow run per workspace at a time: an exclusive `flock` on .dvc/tmp/fitline-flow.lock.
+
+DVC's own repo lock is held only while one `dvc repro` runs, so two flow runs would interleave
+their stages and write one dvc.lock from two DAG walks. The flow run holds this lock from
+before it reads the DAG until its artifacts are recorded. flock is released by the kernel when
+the holder dies, so a killed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from stages.errors import FitlineError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = Path(".dvc") / "tmp" / "fitline-flow.lock"
+_POLL_SECONDS = 0.2
+
+
+class WorkspaceBusy(FitlineError):
+    """Another flow run holds the workspace lock for longer than we may wait."""
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return "unknown"
+    return text or "unknown"
+
+
+@contextlib.contextmanager
+def workspace_lock(root: str | os.PathLike[str], timeout: float = 0.0) -> Iterator[Path]:
+    """Hold the workspace's flow lock; wait up to `timeout` seconds for another run to finish.
+
+    Raises WorkspaceBusy naming the lock file and the holder's pid when the wait runs out.
+    """
+    path = Path(root) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WorkspaceBusy(
+                        f"another fitline flow run (pid {_holder(path)}) is running in {Path(root).resolve()}; "
+                        f"gave up after waiting {timeout:g} s for {path}") from None
+                if not waited:
+                    log.info("waiting for another flow run to release %s (pid %s)", path, _holder(path))
+                    waited = True
+                time.sleep(_POLL_SECONDS)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
