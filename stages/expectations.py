@@ -78,8 +78,12 @@ def column_reference(series: pd.Series | None, quantile: float, margin: float,
     values = _finite_values(series) if series is not None and is_numeric(series) else np.empty(0)
     n = len(values)
     mean = float(values.mean()) if n else math.nan
-    std = float(values.std(ddof=1)) if n > 1 else math.nan
-    kurt = float(((values - mean) ** 4).mean() / std**4) if n > 1 and std > 0 else 3.0
+    std = kurt = math.nan
+    if n > 1:
+        dev2 = np.square(values - mean)
+        var = float(dev2.sum() / (n - 1))
+        std = math.sqrt(var)
+        kurt = float(np.square(dev2).mean() / var**2) if var > 0 else 3.0
     if bounds is not None:
         return ColumnReference(float(bounds[0]), float(bounds[1]), "params", mean, std, kurt, n)
     if not n:
