@@ -9,8 +9,9 @@ val compare like with like. The tests:
   beat the noise floor, but a model with enough capacity gets close to it on its own train set.
 - underfit, without ground truth: the train skill over the constant baseline (regression R²,
   classification 1 - error rate / baseline error rate) is below `min_skill`.
-- overfit, gap: (val - train) / train is above `overfit_gap`, and the absolute gap is not
-  negligible next to the constant baseline's loss.
+- overfit, gap: (val - train) / train is above `overfit_gap`, the absolute gap is not
+  negligible next to the constant baseline's loss, and it is more than `gap_z` standard errors
+  (small splits: a val loss measured on 45 rows moves by 20% from sampling alone).
 - overfit, learning curve: the val loss bottomed out early (best epoch before
   `early_best_fraction` of the epochs run) and ended more than `val_rise` above its minimum.
   This judges the evaluated model only when it is the last epoch's. When early stopping
@@ -23,6 +24,7 @@ floor is 0 and a good model's train loss tends to 0, where plain ratios would ex
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from stages.params import EvaluateParams
@@ -135,16 +137,22 @@ def fit_diagnosis(params: EvaluateParams, metrics: dict[str, Any], history: list
         (flags["underfit"] if skill < params.min_skill else passed).append(text)
 
     # ---- overfit: the generalisation gap of the evaluated model
-    gap = (val_loss - train_loss) / max(train_loss, floor_train, TINY)
-    gap_vs_baseline = (val_loss - train_loss) / max(float(base_val[loss]), TINY)
+    diff = val_loss - train_loss
+    gap = diff / max(train_loss, floor_train, TINY)
+    gap_vs_baseline = diff / max(float(base_val[loss]), TINY)
+    se = math.hypot(float(train.get(f"{loss}_se", 0.0)), float(val.get(f"{loss}_se", 0.0)))
+    gap_z = diff / se if se > 0 else None
     text = (f"generalisation gap (val - train) / train = {_pct(gap)}: val {name} {_num(val_loss)} "
             f"vs train {_num(train_loss)} (overfit above {_pct(params.overfit_gap)})")
-    if gap > params.overfit_gap and val_loss - train_loss > floor_val:
-        flags["overfit"].append(text)
-    else:
-        if gap > params.overfit_gap:
-            text += f"; the gap is under {_pct(params.negligible)} of the baseline's val {name}, so negligible"
+    if gap <= params.overfit_gap:
         passed.append(text)
+    elif diff <= floor_val:
+        passed.append(text + f"; but under {_pct(params.negligible)} of the baseline's val {name}: negligible")
+    elif gap_z is not None and gap_z <= params.gap_z:
+        passed.append(text + f"; but only {gap_z:.1f} standard errors (needs {params.gap_z:g}): "
+                      f"within the sampling noise of {val.get('n', '?')} val rows")
+    else:
+        flags["overfit"].append(text + (f", {gap_z:.1f} standard errors" if gap_z is not None else ""))
 
     # ---- overfit: the learning curve
     curve = read_curve(history)
@@ -185,6 +193,7 @@ def fit_diagnosis(params: EvaluateParams, metrics: dict[str, Any], history: list
         "val_loss": val_loss,
         "gap": gap,
         "gap_vs_baseline": gap_vs_baseline,
+        "gap_z": gap_z,
         "noise_floor": noise_floor,
         "noise_ratio": noise_ratio,
         "skill": skill,

@@ -2,6 +2,8 @@
 
 Regression: mse, rmse, mae, r2. Classification: accuracy, error_rate, f1_macro, log_loss,
 roc_auc (one-vs-rest macro average for more than two classes) and the confusion matrix.
+The loss of each task also gets its standard error (mse_se, log_loss_se), so a difference
+between two splits can be told apart from sampling noise.
 `baseline_metrics` scores the constant predictor fitted on the train split (its mean, or its
 class frequencies), the yardstick every model must beat.
 
@@ -26,6 +28,13 @@ def _task(task: str) -> str:
     return task
 
 
+def standard_error(per_row: np.ndarray) -> float:
+    """Standard error of a mean over rows (0 for a single row): how much a metric that is a mean
+    of per-row losses would move on another sample of the same size."""
+    n = per_row.size
+    return float(np.std(per_row, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+
+
 # ----------------------------------------------------------------------------- regression
 
 
@@ -38,12 +47,14 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     if y.size == 0:
         raise ValueError("regression: no rows to score")
     err = p - y
-    mse = float(np.mean(err**2))
+    sq = err**2
+    mse = float(np.mean(sq))
     sst = float(np.sum((y - y.mean()) ** 2))
     sse = float(np.sum(err**2))
     # a constant target has no variance to explain: R² is 1 for a perfect fit, else 0 (sklearn's choice)
     r2 = 1.0 - sse / sst if sst > 0 else (1.0 if sse == 0 else 0.0)
-    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(err))), "r2": float(r2)}
+    return {"mse": mse, "rmse": float(np.sqrt(mse)), "mae": float(np.mean(np.abs(err))), "r2": float(r2),
+            "mse_se": standard_error(sq)}
 
 
 # ------------------------------------------------------------------------- classification
@@ -131,12 +142,13 @@ def classification_metrics_from_proba(y_true: np.ndarray, proba: np.ndarray) -> 
     pred = proba.argmax(axis=1)
     cm = confusion_matrix(y, pred, k)
     accuracy = float(np.trace(cm) / y.size)
-    p_true = np.clip(proba[np.arange(y.size), y], LOG_LOSS_EPS, 1.0)
+    nll = -np.log(np.clip(proba[np.arange(y.size), y], LOG_LOSS_EPS, 1.0))
     return {
         "accuracy": accuracy,
         "error_rate": 1.0 - accuracy,
         "f1_macro": f1_macro(cm),
-        "log_loss": float(-np.mean(np.log(p_true))),
+        "log_loss": float(np.mean(nll)),
+        "log_loss_se": standard_error(nll),
         "roc_auc": roc_auc(y, proba),
         "confusion_matrix": cm.tolist(),
     }

@@ -206,6 +206,9 @@ class EvaluateParams(Section):
     # losses and gaps smaller than this fraction of the constant baseline's loss count as zero
     # (keeps noise-free data, where train loss -> 0, from turning ratios into noise)
     negligible: float = Field(0.01, ge=0, lt=1)
+    # overfit: the gap must also exceed this many standard errors of (val - train), so that
+    # sampling noise of small splits is not called overfitting (0 = off)
+    gap_z: float = Field(3.0, ge=0)
     # learning curve: overfit when the best val epoch comes before this fraction of the epochs
     # run AND the final val loss is more than val_rise (relative) above its minimum
     early_best_fraction: float = Field(0.5, gt=0, lt=1)

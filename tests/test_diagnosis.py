@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from stages.diagnosis import OVERFIT_REMEDIES, UNDERFIT_REMEDIES, fit_diagnosis, read_curve
@@ -89,6 +90,21 @@ def test_gap_threshold_comes_from_params():
     m = reg_metrics(1.0, 1.4)
     assert fit_diagnosis(P, m, FLAT, reg_meta())["verdict"] == "overfit"
     assert fit_diagnosis(EvaluateParams(overfit_gap=0.5), m, FLAT, reg_meta())["verdict"] == "good"
+
+
+def test_a_gap_within_sampling_noise_is_not_overfit():
+    # 45 val rows: the val MSE's standard error is about 0.2, so 1.0 -> 1.4 is two standard errors
+    m = reg_metrics(1.0, 1.4)
+    m["train"]["mse_se"], m["val"]["mse_se"], m["val"]["n"] = 0.07, 0.2, 45
+    fit = fit_diagnosis(P, m, FLAT, reg_meta())
+    assert fit["verdict"] == "good"
+    assert fit["gap_z"] == pytest.approx(0.4 / np.hypot(0.07, 0.2))
+    assert "within the sampling noise of 45 val rows" in " ".join(fit["reasons"])
+    # the same numbers on big splits (small standard errors) are overfit; gap_z 0 turns the test off
+    m["train"]["mse_se"], m["val"]["mse_se"] = 0.01, 0.02
+    assert fit_diagnosis(P, m, FLAT, reg_meta())["verdict"] == "overfit"
+    m["train"]["mse_se"], m["val"]["mse_se"] = 0.07, 0.2
+    assert fit_diagnosis(EvaluateParams(gap_z=0), m, FLAT, reg_meta())["verdict"] == "overfit"
 
 
 def test_noise_free_data_tiny_losses_are_negligible():
