@@ -41,3 +41,19 @@ def gate(
     result, markdown = gate_main(baseline, Path(report) if report else None, Path(json_out) if json_out else None)
     typer.echo(markdown)
     raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def predict(
+    model: str = typer.Option(..., "--model", metavar="FILE", help="exported model, e.g. models/model.int8.onnx"),
+    input: str = typer.Option(..., "--input", metavar="FILE", help="rows to score (.parquet or .csv)"),  # noqa: A002
+    output: str = typer.Option(..., "--output", metavar="FILE", help="where predictions go (.parquet or .csv)"),
+) -> None:
+    """Predict with an exported ONNX model using ONNX Runtime alone (no torch).
+
+    Output: the input's non-feature columns (ids, the target) passed through, then `prediction`
+    (regression) or `label` and `proba_<label>` (classification).
+    """
+    from stages.predict import main as predict_main
+
+    predict_main(model, input, output)
