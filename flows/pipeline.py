@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,27 @@ FLOW_NAME = "fitline-pipeline"
 # Prefect's cache records of a workspace live beside DVC's own temporary state: they describe
 # that workspace's dvc.lock, and .dvc/tmp is never committed.
 CACHE_DIR = Path(".dvc") / "tmp" / "fitline-prefect-cache"
+_KEY = re.compile(r"^[A-Za-z0-9_.-]+-[0-9a-f]{64}$")
 
 
 def cache_storage(root: str | os.PathLike[str]) -> Path:
     """Where the stage tasks' cache records live (a Path: Prefect makes it a local storage)."""
     return Path(root).resolve() / CACHE_DIR
+
+
+def cache_key(stage: str, fingerprint: str) -> str:
+    """A stage's cache record name: the fingerprint, prefixed by the stage for people reading
+    the folder (`sub/dvc.yaml:name` would otherwise make sub-folders)."""
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', stage)}-{fingerprint}"
+
+
+def prune_cache(root: str | os.PathLike[str]) -> None:
+    """Drop records that are not fingerprint keys: Prefect stores the result of a stale stage's
+    run under a random name, and nothing ever reads it again."""
+    folder = cache_storage(root)
+    for path in folder.glob("*") if folder.is_dir() else ():
+        if path.is_file() and not _KEY.match(path.name):
+            path.unlink(missing_ok=True)
 
 
 def stage_result(name: str, fingerprint: str | None, executed: bool) -> dict[str, Any]:
@@ -81,7 +98,7 @@ class DvcFingerprint(CachePolicy):
             state = stage_state(root, name)
         if not state.up_to_date:
             return None
-        key = f"{name}-{state.fingerprint}"
+        key = cache_key(name, state.fingerprint)
         store = task_ctx.result_store
         if not store.exists(key):
             # a state DVC recorded (the flow or `dvc repro` ran the stage): adopt it, so this
@@ -158,6 +175,7 @@ def training_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: fl
         flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
         row = metrics_row(workspace, commit, metrics_paths(workspace), flow_run=flow_run_id)
         record_run(row, states)
+        prune_cache(workspace)
     logger.info("stages: %s", ", ".join(f"{k}={v}" for k, v in states.items()))
     return states
 

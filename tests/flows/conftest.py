@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 
 from tests.conftest import make_pipeline_repo, run_cmd  # noqa: E402
 
-TOY_STEP = '''\
+TOY_STEP = r'''
 """A toy stage: reads its params section and its inputs, writes one JSON file.
 
 Failure injection (files outside DVC's view): toy_fail/<name>.once makes the next run die
@@ -33,22 +33,27 @@ from pathlib import Path
 
 import yaml
 
+def record(event):
+    with Path("toy_runs.log").open("a") as f:
+        f.write(event + "\n")
+
+
 name, out, *inputs = sys.argv[1:]
 once, always = Path("toy_fail") / f"{name}.once", Path("toy_fail") / f"{name}.always"
 if once.exists():
     once.unlink()
+    record(name + ":crashed")
     print(f"{name}: simulated crash", file=sys.stderr, flush=True)
     os._exit(3)
 if always.exists():
+    record(name + ":failed")
     print(f"fitline {name}: error: validation failed: {always.read_text().strip()}", file=sys.stderr)
     sys.exit(1)
 scale = yaml.safe_load(Path("params.yaml").read_text())[name]["scale"]
 total = scale + sum(json.loads(Path(p).read_text())["total"] for p in inputs)
 Path(out).parent.mkdir(parents=True, exist_ok=True)
 Path(out).write_text(json.dumps({"total": total, "nested": {"scale": scale, "inputs": len(inputs)}}))
-log = Path("toy_runs.log")
-with log.open("a") as f:
-    f.write(name + "\\n")
+record(name)
 '''
 
 TOY_DVC_YAML = """\

@@ -1,0 +1,71 @@
+"""flows/stage_run.py: one stage through `dvc repro --single-item`, and failure classification."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from tests.flows.conftest import inject, toy_runs
+
+from flows.stage_run import StageFailed, classify_failure, repro_stage, stage_error_line
+
+VALIDATE_FAILED = """\
+Running stage 'validate':
+> python -m stages.validate
+fitline validate: error: validation failed: train: expect_column_values_to_not_be_null(x0) failed
+ERROR: failed to reproduce 'validate': failed to run: python -m stages.validate, exited with 1
+"""
+
+
+def test_stage_own_error_is_deterministic():
+    exc = classify_failure("validate", 255, VALIDATE_FAILED)
+    assert exc.deterministic
+    assert str(exc) == "stage validate: validation failed: train: expect_column_values_to_not_be_null(x0) failed"
+
+
+def test_error_line_of_another_stage_does_not_count():
+    assert stage_error_line("train", VALIDATE_FAILED) is None
+    assert not classify_failure("train", 255, VALIDATE_FAILED).deterministic
+
+
+@pytest.mark.parametrize("output", [
+    "ERROR: Unable to acquire lock. Most likely another DVC process is running or was terminated abruptly.",
+    "Running stage 'train':\n> python -m stages.train\n"
+    "ERROR: failed to reproduce 'train': failed to run: python -m stages.train, exited with -9",
+    "Traceback (most recent call last):\nOSError: [Errno 28] No space left on device",
+    "",
+])
+def test_anything_else_is_transient(output):
+    exc = classify_failure("train", 255, output)
+    assert not exc.deterministic
+    assert exc.stage == "train" and "exit 255" in str(exc)
+
+
+def test_stage_failed_survives_pickling():
+    exc = pickle.loads(pickle.dumps(StageFailed("b", "stage b: boom", True, 255)))
+    assert (exc.stage, str(exc), exc.deterministic, exc.returncode) == ("b", "stage b: boom", True, 255)
+
+
+def test_repro_stage_runs_then_skips(toy_repo):
+    lines: list[str] = []
+    first = repro_stage(toy_repo, "a", on_line=lines.append)
+    assert first.executed and "Running stage 'a':" in lines
+    second = repro_stage(toy_repo, "a")
+    assert not second.executed
+    assert toy_runs(toy_repo) == ["a"]
+
+
+def test_repro_stage_failures(toy_repo):
+    inject(toy_repo, "a", "always", "1 expectation failed")
+    with pytest.raises(StageFailed, match=r"^stage a: validation failed: 1 expectation failed$") as det:
+        repro_stage(toy_repo, "a")
+    assert det.value.deterministic
+    (toy_repo / "toy_fail/a.always").unlink()
+
+    inject(toy_repo, "a", "once")
+    with pytest.raises(StageFailed) as crash:
+        repro_stage(toy_repo, "a")
+    assert not crash.value.deterministic and "exited with 3" in str(crash.value)
+    assert repro_stage(toy_repo, "a").executed
+    assert toy_runs(toy_repo) == ["a:failed", "a:crashed", "a"]
