@@ -109,7 +109,8 @@ def torch_primary(model: nn.Module, task: str, x: np.ndarray) -> np.ndarray:
     """Torch's counterpart of the graph's main output: predictions, or class probabilities."""
     parts = []
     for i in range(0, len(x), TORCH_CHUNK):
-        out = model(torch.from_numpy(x[i : i + TORCH_CHUNK]))
+        chunk = x[i : i + TORCH_CHUNK]  # parquet-backed arrays are read-only; torch wants writable
+        out = model(torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy()))
         parts.append((out if task == "regression" else torch.softmax(out, dim=-1)).numpy())
     return np.concatenate(parts)
 
