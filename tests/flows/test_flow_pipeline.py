@@ -1,0 +1,117 @@
+"""training_pipeline against a real Prefect server (the session's test harness) on the toy pipeline."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import run_cmd
+from tests.flows.conftest import inject, set_param, toy_runs
+
+from flows.history import read_history
+from flows.pipeline import training_pipeline
+from flows.stage_run import StageFailed
+from flows.workspace_lock import WorkspaceBusy, workspace_lock
+
+ALL = ["a", "b", "c", "d"]
+
+
+def _run(repo, **kw):
+    """Run the flow; return (stage -> state name, the flow run's id)."""
+    kw.setdefault("retries", 0)
+    state = training_pipeline(root=str(repo), return_state=True, **kw)
+    return state.result(), state.state_details.flow_run_id
+
+
+def _dvc_clean(repo) -> bool:
+    out = run_cmd(["dvc", "status"], repo).stdout
+    return "up to date" in out
+
+
+def _flow_run(flow_run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def test_run_then_everything_cached(toy_repo, prefect_server):
+    states, run_id = _run(toy_repo)
+    assert states == dict.fromkeys(ALL, "Completed")
+    assert toy_runs(toy_repo) == ALL
+    # a flow run leaves the workspace as `dvc repro` would: nothing left to do for DVC
+    assert _dvc_clean(toy_repo)
+    assert "Running stage" not in run_cmd(["dvc", "repro"], toy_repo).stdout
+
+    sha = run_cmd(["git", "rev-parse", "HEAD"], toy_repo).stdout.strip()
+    assert f"commit:{sha[:8]}" in _flow_run(run_id).tags
+    row = read_history()[-1].row
+    assert (row["commit"], row["flow_run"], row["branch"]) == (sha, str(run_id), "main")
+    assert row["c.total"] == 6 and row["c.nested.scale"] == 3  # a=1 + b=2 + c=3, from metrics/c.json
+
+    start = time.monotonic()
+    states, _ = _run(toy_repo)
+    assert states == dict.fromkeys(ALL, "Cached")
+    assert toy_runs(toy_repo) == []
+    assert time.monotonic() - start < 15
+
+
+def test_busy_workspace_fails_with_a_clear_message(toy_repo, prefect_server):
+    with workspace_lock(toy_repo):
+        with pytest.raises(WorkspaceBusy, match="another fitline flow run"):
+            _run(toy_repo, lock_timeout_seconds=0.5)
+    assert toy_runs(toy_repo) == []
+
+
+@pytest.mark.slow
+def test_param_change_reruns_exactly_the_downstream_stages(toy_repo, prefect_server):
+    _run(toy_repo)
+    toy_runs(toy_repo)
+    set_param(toy_repo, "b", 20)
+    states, _ = _run(toy_repo)
+    assert states == {"a": "Cached", "b": "Completed", "c": "Completed", "d": "Cached"}
+    assert toy_runs(toy_repo) == ["b", "c"]
+    assert _dvc_clean(toy_repo)
+
+
+@pytest.mark.slow
+def test_after_dvc_repro_everything_cached_and_missing_outs_restored(toy_repo, prefect_server):
+    run_cmd(["dvc", "repro"], toy_repo)
+    toy_runs(toy_repo)
+    b_out = (toy_repo / "out/b.json").read_text()
+    (toy_repo / "out/b.json").unlink()
+    states, _ = _run(toy_repo)
+    assert states == dict.fromkeys(ALL, "Cached")
+    assert toy_runs(toy_repo) == []
+    assert (toy_repo / "out/b.json").read_text() == b_out  # restored from DVC's cache
+    assert _dvc_clean(toy_repo)
+
+
+@pytest.mark.slow
+def test_transient_failure_is_retried(toy_repo, prefect_server):
+    inject(toy_repo, "b", "once")
+    states, _ = _run(toy_repo, retries=2, retry_delay_seconds=0.1)
+    assert states == dict.fromkeys(ALL, "Completed")
+    assert toy_runs(toy_repo) == ["a", "b:crashed", "b", "c", "d"]
+    assert _dvc_clean(toy_repo)
+
+
+@pytest.mark.slow
+def test_deterministic_failure_fails_at_once_and_keeps_outputs(toy_repo, prefect_server):
+    _run(toy_repo)
+    toy_runs(toy_repo)
+    before = {p: (toy_repo / p).read_bytes() for p in ("out/b.json", "metrics/c.json", "out/d.json")}
+    downstream = ("metrics/c.json", "out/d.json")
+    set_param(toy_repo, "b", 20)
+    inject(toy_repo, "b", "always", "3 expectations failed")
+    start = time.monotonic()
+    with pytest.raises(StageFailed, match=r"^stage b: validation failed: 3 expectations failed$"):
+        _run(toy_repo, retries=3, retry_delay_seconds=30)
+    assert time.monotonic() - start < 30  # no retry delay was waited
+    assert toy_runs(toy_repo) == ["b:failed"]  # tried once; c and d never started
+    # what comes after b (the "model") is untouched; DVC removed b's own out before running it
+    # (as `dvc repro` does), and the good one is still in DVC's cache
+    assert {p: (toy_repo / p).read_bytes() for p in downstream} == {p: before[p] for p in downstream}
+    run_cmd(["dvc", "checkout", "b"], toy_repo)
+    assert (toy_repo / "out/b.json").read_bytes() == before["out/b.json"]
