@@ -57,3 +57,49 @@ def predict(
     from stages.predict import main as predict_main
 
     predict_main(model, input, output)
+
+
+@app.command()
+def run(
+    root: str = typer.Option(".", "--root", help="DVC workspace to run in."),
+    retries: int = typer.Option(2, "--retries", min=0, help="retries of a stage after a transient failure."),
+    retry_delay: float = typer.Option(5.0, "--retry-delay", min=0, help="first retry delay in seconds (doubles)."),
+    lock_timeout: float = typer.Option(600.0, "--lock-timeout", min=0,
+                                       help="seconds to wait for another flow run on this workspace."),
+) -> None:
+    """Run the pipeline as a Prefect flow (the same as `python -m flows.pipeline`)."""
+    from stages.errors import FitlineError
+
+    from flows.pipeline import run_pipeline
+
+    try:
+        run_pipeline(root, retries, retry_delay, lock_timeout)
+    except FitlineError as exc:
+        typer.echo(f"fitline run: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def history(
+    metric: list[str] = typer.Option(None, "--metric", "-m",
+                                     help="metric (or prefix, e.g. eval.test) to show; repeatable. Default: all."),
+    all_runs: bool = typer.Option(False, "--all", help="every run, not only the latest run of each commit."),
+) -> None:
+    """Metrics per commit, oldest to newest, read back from the Prefect API (artifact fitline-metrics)."""
+    from flows.history import format_history, per_commit, read_history
+
+    entries = read_history()
+    typer.echo(format_history(entries if all_runs else per_commit(entries), metric or None))
+
+
+@app.command()
+def serve(
+    cron: str = typer.Option("0 2 * * *", "--cron", help="cron schedule (UTC) of the pipeline runs."),
+    name: str = typer.Option("fitline-nightly", "--name", help="deployment name."),
+    root: str = typer.Option(".", "--root", help="DVC workspace the runs use."),
+    retries: int = typer.Option(2, "--retries", min=0, help="retries of a stage after a transient failure."),
+) -> None:
+    """Serve the pipeline on a cron schedule from this process (needs `prefect server start`)."""
+    from flows.pipeline import serve_pipeline
+
+    serve_pipeline(root=root, cron=cron, name=name, retries=retries)

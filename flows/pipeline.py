@@ -52,6 +52,7 @@ FLOW_NAME = "fitline-pipeline"
 # Prefect's cache records of a workspace live beside DVC's own temporary state: they describe
 # that workspace's dvc.lock, and .dvc/tmp is never committed.
 CACHE_DIR = Path(".dvc") / "tmp" / "fitline-prefect-cache"
+NIGHTLY_CRON = "0 2 * * *"  # 02:00 UTC, as in prefect.yaml
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+-[0-9a-f]{64}$")
 
 
@@ -196,6 +197,13 @@ def run_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: float =
     return training_pipeline(root=str(Path(root).resolve()), retries=retries,
                              retry_delay_seconds=retry_delay_seconds,
                              lock_timeout_seconds=lock_timeout_seconds)
+
+
+def serve_pipeline(root: str = ".", cron: str = NIGHTLY_CRON, name: str = "fitline-nightly",
+                   retries: int = 2) -> None:
+    """Serve the flow from this process on a cron schedule (blocks; Ctrl-C stops it)."""
+    training_pipeline.serve(name=name, cron=cron, tags=["fitline"],
+                            parameters={"root": str(Path(root).resolve()), "retries": retries})
 
 
 def main(argv: list[str] | None = None) -> None:
