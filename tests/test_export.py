@@ -270,6 +270,7 @@ def test_int8_metric_drop_over_budget_fails_with_both_numbers_and_keeps_models(r
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.slow  # one more export; quantize_model's `none` mode is covered in the default run
 def test_quantization_none_writes_an_identical_int8_copy(tmp_path):
     model, cfg, splits = _scale_sensitive_linear()  # unquantisable, so `none` is the way out
     metrics = export.run(ExportParams(quantization="none", latency_repeats=1), model, cfg, splits, tmp_path)
