@@ -53,7 +53,7 @@ def main() -> None:
         rss_before = peak_rss_mib()
 
         t = time.perf_counter()
-        from stages import expectations, validate
+        from stages import expectations, validate, validation_report
         t_import = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -87,7 +87,7 @@ def main() -> None:
         print(f"build Data Docs                 {t_docs:6.2f} s")
         print(f"peak RSS of this process        {peak_rss_mib():6.0f} MiB (after generating: {rss_before:.0f} MiB)")
         if not report["success"]:
-            print("\n".join(validate.failure_lines(report)))
+            print("\n".join(validation_report.failure_lines(report)))
 
         if args.no_subprocess:
             return

@@ -14,7 +14,6 @@ so `train` (which depends on reports/validation.json) never runs on data that fa
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -46,12 +45,12 @@ from stages.expectations import (  # noqa: E402
     split_expectations,
 )
 from stages.params import ValidateParams, load_params  # noqa: E402
+from stages.validation_report import describe_failure, failure_message, jsonable  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 REPORT_PATH = Path("reports/validation.json")
 DOCS_DIR = Path("reports/data_docs")
-MAX_LINES = 40  # failed checks listed on stderr; the report has them all
 
 
 # ------------------------------------------------------------------------------- GX context
@@ -181,91 +180,6 @@ def class_balance_failures(frames: dict[str, pd.DataFrame], meta: dict[str, Any]
     return failures
 
 
-# ---------------------------------------------------------------------------------- report
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars unwrapped, non-finite floats as strings ('inf', 'nan')."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
-def _exception_message(info: dict[str, Any] | None) -> str | None:
-    """GX nests exception info per metric in some versions; take the first raised one."""
-    if not info:
-        return None
-    infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
-    for item in infos:
-        if item.get("raised_exception"):
-            return (item.get("exception_message") or "unknown error").splitlines()[0]
-    return None
-
-
-def _observed(kind: str, kwargs: dict[str, Any], result: dict[str, Any], frame: pd.DataFrame) -> str:
-    """What GX observed, in words."""
-    col = kwargs.get("column")
-    if kind == "expect_table_columns_to_match_ordered_list":
-        found, wanted = list(result.get("observed_value") or []), list(kwargs["column_list"])
-        missing = [c for c in wanted if c not in found]
-        extra = [c for c in found if c not in wanted]
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"unexpected {', '.join(map(str, extra))}"] if extra else [])
-        return "; ".join(parts) or f"columns out of order: {', '.join(map(str, found))}"
-    if kind == "expect_column_values_to_be_in_type_list":
-        # object columns are checked value by value and have no single observed type
-        dtype = frame[col].dtype if col in frame.columns else result.get("observed_value")
-        mixed = f" ({result['unexpected_count']} of {result['element_count']} values not of those types)" \
-            if "unexpected_count" in result else ""
-        return f"dtype {dtype}{mixed}"
-    if kind == "expect_column_distinct_values_to_contain_set":
-        return f"missing {jsonable(result.get('partial_missing_list'))}"
-    if "unexpected_count" in result:  # column-map expectations
-        n, total = result["unexpected_count"], result.get("element_count")
-        if kind == "expect_column_values_to_not_be_null":
-            return f"{n} of {total} values null (NaN/None)"
-        sample = ", ".join(str(v) for v in jsonable(result.get("partial_unexpected_list") or [])[:5])
-        text = f"{n} of {total} values outside"
-        if kind == "expect_column_values_to_be_between" and col in frame.columns:
-            n_inf = int(np.isinf(frame[col].to_numpy(np.float64, na_value=np.nan)).sum())
-            if n_inf:
-                text += f", {n_inf} of them infinite (inf)"
-        return f"{text} (e.g. {sample})" if sample else text
-    observed = result.get("observed_value")
-    name = {"expect_column_mean_to_be_between": "mean", "expect_column_stdev_to_be_between": "std"}.get(kind)
-    if name:
-        if observed is None or not math.isfinite(observed):
-            return f"{name} {observed} (non-finite values in the column)"
-        return f"{name} {observed:.6g}"
-    if kind.startswith("expect_table_row_count"):
-        return f"{observed} rows"
-    return str(jsonable(observed))
-
-
-def describe_failure(split: str, er: Any, frame: pd.DataFrame) -> dict[str, Any]:
-    """One failed GX expectation result as a report entry."""
-    config = er.expectation_config
-    meta, kwargs, result = config.meta or {}, dict(config.kwargs), dict(er.result or {})
-    error = _exception_message(er.exception_info)
-    column = kwargs.get("column")
-    observed = f"GX error: {error}" if error else _observed(config.type, kwargs, result, frame)
-    if config.type == "expect_table_columns_to_match_ordered_list":
-        found = list(result.get("observed_value") or [])
-        changed = [c for c in kwargs["column_list"] if c not in found] + [c for c in found if c not in kwargs["column_list"]]
-        column = ", ".join(map(str, changed)) or None
-    return {"split": split, "check": meta.get("check", config.type), "expectation": config.type,
-            "column": column, "expected": meta.get("expected", str(jsonable(kwargs))),
-            "observed": observed, "result": jsonable(result)}
-
-
 def _section(results: Any, failures: list[dict[str, Any]], rows: int | None = None) -> dict[str, Any]:
     section = {"success": not failures, "checks": len(results.results), "failed": failures}
     if rows is not None:
@@ -313,26 +227,6 @@ def run(params: ValidateParams, frames: dict[str, pd.DataFrame], meta: dict[str,
     report["success"] = all(s["success"] for s in sections)
     report["failed_checks"] = sum(len(s["failed"]) for s in sections)
     return jsonable(report)
-
-
-def failure_lines(report: dict[str, Any]) -> list[str]:
-    """One line per failed check: split, check, column, expected vs observed."""
-    sections = [*report["splits"].values(), *report["cross_split"].values()]
-    return [
-        f"{f['split']}: {f['check']}"
-        + (f" [{f['column']}]" if f["column"] else "")
-        + f": expected {f['expected']}; observed {f['observed']}"
-        for s in sections for f in s["failed"]
-    ]
-
-
-def failure_message(report: dict[str, Any], report_path: Path = REPORT_PATH) -> str:
-    lines = failure_lines(report)
-    shown = lines[:MAX_LINES]
-    if len(lines) > MAX_LINES:
-        shown.append(f"... and {len(lines) - MAX_LINES} more")
-    return (f"data validation failed, {len(lines)} check(s) (details: {report_path}):\n  "
-            + "\n  ".join(shown))
 
 
 # ------------------------------------------------------------------------------------ main
