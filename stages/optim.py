@@ -53,37 +53,69 @@ def make_penalty(p: TrainParams) -> Penalty | None:
 
     l1 = λ·Σ|w|, l2 = λ·Σw², elastic_net = λ·(ρ·Σ|w| + (1-ρ)·Σw²) with ρ = l1_ratio.
     """
+    coef = _penalty_coefficients(p)
+    if coef is None:
+        return None
+    a, b = coef
+    return lambda ws: sum(a * w.abs().sum() + b * w.square().sum() for w in ws)
+
+
+def make_penalty_grad(p: TrainParams) -> Callable[[Sequence[torch.Tensor]], None] | None:
+    """Adds the gradient of `make_penalty(p)` to each weight's .grad, in place.
+
+    The same gradient autograd would give for the penalty term (d|w| = sign(w), dw² = 2w),
+    without building its graph every step: the training loop calls this after backward().
+    """
+    coef = _penalty_coefficients(p)
+    if coef is None:
+        return None
+    a, b = coef
+
+    @torch.no_grad()
+    def add_grad(ws: Sequence[torch.Tensor]) -> None:
+        for w in ws:
+            if a:
+                w.grad.add_(torch.sign(w), alpha=a)
+            if b:
+                w.grad.add_(w, alpha=2 * b)
+
+    return add_grad
+
+
+def _penalty_coefficients(p: TrainParams) -> tuple[float, float] | None:
+    """(L1 coefficient, L2 coefficient) of the penalty, or None when there is none."""
     if p.regularizer not in REGULARIZERS:
         raise ValueError(f"train.regularizer: unknown regularizer {p.regularizer!r} (allowed: {', '.join(REGULARIZERS)})")
     lam = p.reg_strength
     if p.regularizer == "none" or lam == 0:
         return None
-    if p.regularizer == "l1":
-        return lambda ws: lam * sum(w.abs().sum() for w in ws)
-    if p.regularizer == "l2":
-        return lambda ws: lam * sum(w.square().sum() for w in ws)
-    rho = p.l1_ratio
-    return lambda ws: lam * sum(rho * w.abs().sum() + (1 - rho) * w.square().sum() for w in ws)
+    return {"l1": (lam, 0.0), "l2": (0.0, lam),
+            "elastic_net": (lam * p.l1_ratio, lam * (1 - p.l1_ratio))}[p.regularizer]
 
 
 def make_optimizer(p: TrainParams, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer named by train.optimizer (gd and sgd are both plain SGD; gd is full-batch)."""
+    """The optimizer named by train.optimizer (gd and sgd are both plain SGD; gd is full-batch).
+
+    torch's fused kernels (one kernel per step instead of several ops per tensor) where torch
+    has them, on CPU and CUDA alike; rmsprop has none and uses the multi-tensor path.
+    """
     params = list(parameters)
     name, lr = p.optimizer, p.lr
+    fast = {"fused": True}
     if name in ("gd", "sgd"):
-        return torch.optim.SGD(params, lr=lr)
+        return torch.optim.SGD(params, lr=lr, **fast)
     if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=p.momentum)
+        return torch.optim.SGD(params, lr=lr, momentum=p.momentum, **fast)
     if name == "nesterov":
-        return torch.optim.SGD(params, lr=lr, momentum=p.momentum, nesterov=True)
+        return torch.optim.SGD(params, lr=lr, momentum=p.momentum, nesterov=True, **fast)
     if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr)
+        return torch.optim.Adagrad(params, lr=lr, **fast)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=p.momentum)
+        return torch.optim.RMSprop(params, lr=lr, momentum=p.momentum, foreach=True)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(p.betas))
+        return torch.optim.Adam(params, lr=lr, betas=tuple(p.betas), **fast)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(p.betas), weight_decay=p.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(p.betas), weight_decay=p.weight_decay, **fast)
     raise ValueError(
         f"train.optimizer: unknown optimizer {name!r} "
         "(allowed: gd, sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw)"

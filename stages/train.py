@@ -38,7 +38,7 @@ from stages.artifacts import atomic_path, write_json, write_text
 from stages.dataset import Split, load_meta, load_splits
 from stages.errors import DataError, ParamsError, TrainingDiverged, run_main
 from stages.models import SeededDropout, build_model, fit_scaling, save_model, weight_tensors
-from stages.optim import lr_at, make_loss, make_optimizer, make_penalty, resolve_loss
+from stages.optim import lr_at, make_loss, make_optimizer, make_penalty_grad, resolve_loss
 from stages.params import TrainParams, load_params
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def run_fingerprint(p: TrainParams, splits: dict[str, Split], cfg: dict[str, Any
 # ------------------------------------------------------------------------------- helpers
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: optim.LossFn) -> float:
     """Mean loss of `model` (eval mode, target units) over a whole split, in chunks."""
     model.eval()
@@ -233,7 +233,7 @@ def train_model(
         y_fit, train_loss_fn = y_train, eval_loss_fn
 
     optimizer = make_optimizer(p, model.parameters())
-    penalty = make_penalty(p)
+    penalty_grad = make_penalty_grad(p)
     weights = weight_tensors(model)
     n = len(x_train)
     batch = n if p.optimizer == "gd" else min(p.batch_size, n)
@@ -283,10 +283,10 @@ def train_model(
         for i in range(0, n, batch):
             with autocast():
                 loss = train_loss_fn(model.raw(xs[i : i + batch]), ys[i : i + batch])
-                if penalty is not None:
-                    loss = loss + penalty(weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if penalty_grad is not None:
+                penalty_grad(weights)  # the penalty term's exact gradient, cheaper than its graph
             if p.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
             optimizer.step()

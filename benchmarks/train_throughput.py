@@ -1,0 +1,113 @@
+"""Training throughput: the stage's `train_model` against a minimal hand-written PyTorch loop.
+
+Both train the same model (stages.models.build_model, same init and scaling) on the same data
+with the same batch size, optimizer and objective (loss + L2 penalty on the weights), for the
+same number of epochs, in one process; repeats are interleaved so machine noise hits both alike.
+The stage additionally does what the minimal loop leaves out: the per-epoch evaluation of the
+full train and val splits (eval mode), the lr schedule, early-stopping bookkeeping and history.
+Early stopping is off so both run every epoch; no checkpoints, no dvclive.
+
+    .venv/bin/python benchmarks/train_throughput.py               # default params, CPU
+    .venv/bin/python benchmarks/train_throughput.py --device cuda --rows 200000
+
+Prints samples/s (training rows x epochs / wall seconds, median of the repeats) for both and
+their ratio; the target is a ratio >= 0.95 on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from stages.dataset import load_meta, load_splits
+from stages.generate import run as generate
+from stages.models import build_model, fit_scaling, weight_tensors
+from stages.params import DataParams, TrainParams
+from stages.train import model_config, train_model
+
+
+def minimal_loop(p: TrainParams, splits: dict, meta: dict, device: torch.device) -> float:
+    """The plainest loop a PyTorch user would write for the same job; returns wall seconds."""
+    t0 = time.perf_counter()
+    cfg = model_config(p, meta)
+    gen = torch.Generator().manual_seed(p.seed)
+    model = build_model(cfg, generator=gen)
+    fit_scaling(model, splits["train"].x, splits["train"].y, p.scaling)
+    model.to(device).train()
+    x = torch.tensor(splits["train"].x, device=device)
+    y = (torch.tensor(splits["train"].y, device=device) - model.y_mean) / model.y_std
+    opt = torch.optim.Adam(model.parameters(), lr=p.lr, betas=p.betas)
+    weights = weight_tensors(model)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if p.precision == "bf16" else contextlib.nullcontext
+    n, bs = len(x), p.batch_size
+    for _ in range(p.epochs):
+        perm = torch.randperm(n, generator=gen).to(device)
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs]
+            with autocast():
+                loss = F.mse_loss(model.raw(x[idx]), y[idx])
+                loss = loss + p.reg_strength * sum(w.square().sum() for w in weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def stage_loop(p: TrainParams, splits: dict, meta: dict) -> float:
+    t0 = time.perf_counter()
+    train_model(p, splits, meta)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=20000, help="synthetic friedman rows (70%% train)")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(DataParams(n_samples=args.rows), Path(tmp))
+        meta = load_meta(tmp)
+        splits = load_splits(tmp, meta)
+    p = TrainParams(epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+                    precision=args.precision, early_stopping={"patience": None})
+    device = torch.device(args.device)
+    n = len(splits["train"].x)
+    print(f"device {args.device} ({torch.get_num_threads()} threads), {n} train rows, "
+          f"{args.epochs} epochs, batch {p.batch_size}, {p.optimizer} lr {p.lr}, mlp {list(p.hidden)}, "
+          f"{p.regularizer} {p.reg_strength}, precision {args.precision}")
+
+    stage_loop(p.model_copy(update={"epochs": 2}), splits, meta)  # warm-up (allocator, kernels)
+    minimal_loop(p.model_copy(update={"epochs": 2}), splits, meta, device)
+    stage_s, minimal_s = [], []
+    for r in range(args.repeats):
+        # alternate which goes first, so drifting machine load hits both alike
+        order = [("stage", stage_s), ("minimal", minimal_s)][:: 1 if r % 2 == 0 else -1]
+        for name, times in order:
+            times.append(stage_loop(p, splits, meta) if name == "stage" else minimal_loop(p, splits, meta, device))
+    samples = n * args.epochs
+    stage_rate = samples / statistics.median(stage_s)
+    minimal_rate = samples / statistics.median(minimal_s)
+    print(f"stage   train_model : {stage_rate:12,.0f} samples/s  (runs: {', '.join(f'{t:.2f}s' for t in stage_s)})")
+    print(f"minimal PyTorch loop: {minimal_rate:12,.0f} samples/s  (runs: {', '.join(f'{t:.2f}s' for t in minimal_s)})")
+    print(f"ratio stage/minimal : {stage_rate / minimal_rate:.3f}")
+
+
+if __name__ == "__main__":
+    main()
