@@ -194,6 +194,10 @@ def run(params: ValidateParams, frames: dict[str, pd.DataFrame], meta: dict[str,
     missing = [s for s in SPLITS if s not in frames]
     if missing:
         raise DataError(f"validate: split(s) {', '.join(missing)} not given")
+    needed = ["rows"] + (["classes"] if meta["task"] == "classification" else [])
+    absent = [k for k in needed if not meta.get(k)]
+    if absent:
+        raise DataError(f"data/meta.json: missing key(s) {', '.join(absent)} (re-run the generate stage)")
     context = context if context is not None else make_context()
     refs = reference_stats(params, frames["train"], meta)
     report: dict[str, Any] = {"task": meta["task"], "splits": {}, "cross_split": {}}

@@ -19,7 +19,7 @@ import yaml
 
 from stages import generate, validate
 from stages.dataset import SPLITS, read_split_frame
-from stages.errors import ParamsError, ValidationFailed
+from stages.errors import DataError, ParamsError, ValidationFailed
 from stages.expectations import column_reference, drift_expectations
 from stages.params import DataParams, ValidateParams, parse_params
 from stages.validation_report import failure_message, jsonable
@@ -285,6 +285,14 @@ def test_unknown_column_in_feature_bounds_is_a_params_error(regression: tuple[di
     meta, frames = regression
     with pytest.raises(ParamsError, match="validate.feature_bounds: x99 not a feature"):
         validate.run(ValidateParams(feature_bounds={"x99": (0.0, 1.0)}), frames, meta)
+
+
+def test_incomplete_meta_is_a_data_error(classes: tuple[dict, dict]) -> None:
+    meta, frames = classes
+    with pytest.raises(DataError, match="missing key\\(s\\) classes"):
+        validate.run(PARAMS, frames, {**meta, "classes": None})
+    with pytest.raises(DataError, match="split\\(s\\) test not given"):
+        validate.run(PARAMS, {s: frames[s] for s in ("train", "val")}, meta)
 
 
 def test_params_reject_bad_bounds() -> None:
