@@ -261,10 +261,67 @@ class GateParams(Section):
 # -------------------------------------------------------------------------------------- sweep
 
 
+OptimizerName = Literal["gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+
+# `fitline compare` tries each optimizer at these learning rates (around a usual default for
+# it, on the standardised features and target fitline trains on) and keeps the best.
+COMPARE_LRS: dict[str, tuple[float, ...]] = {
+    "gd": (0.1, 0.3, 1.0),  # full batch: one step per epoch, so large steps
+    "sgd": (0.01, 0.03, 0.1),
+    "momentum": (0.003, 0.01, 0.03),  # momentum 0.9 multiplies the step by about 10
+    "nesterov": (0.003, 0.01, 0.03),
+    "adagrad": (0.01, 0.03, 0.1),
+    "rmsprop": (0.0003, 0.001, 0.003),
+    "adam": (0.0003, 0.001, 0.003),
+    "adamw": (0.0003, 0.001, 0.003),
+}
+# train keys a sweep grid may name besides the top-level ones of TrainParams
+NESTED_TRAIN_KEYS = ("early_stopping.patience", "early_stopping.min_delta")
+
+
+class CompareParams(Section):
+    optimizers: tuple[OptimizerName, ...] = OPTIMIZERS
+    # per-optimizer learning rates to try; an optimizer not named here uses COMPARE_LRS
+    lrs: dict[OptimizerName, tuple[float, ...]] = Field(default_factory=dict)
+    epochs: int | None = Field(None, ge=1)  # null = train.epochs; early stopping is off in a comparison
+    weight_decay: float = Field(0.01, ge=0)  # adamw's decoupled decay (the others get none)
+    target_loss: float | None = Field(None, gt=0)  # null = target_ratio x the best final val loss
+    target_ratio: float = Field(1.1, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompareParams:
+        if not self.optimizers:
+            raise ValueError("sweep.compare.optimizers: empty; name one or more of " + ", ".join(OPTIMIZERS))
+        if len(set(self.optimizers)) != len(self.optimizers):
+            raise ValueError(f"sweep.compare.optimizers: {list(self.optimizers)} names an optimizer twice")
+        for name, lrs in self.lrs.items():
+            if not lrs or not all(0 < lr <= 100 and math.isfinite(lr) for lr in lrs):
+                raise ValueError(f"sweep.compare.lrs.{name}: {list(lrs)}; give one or more learning rates in (0, 100]")
+        return self
+
+    def lrs_for(self, optimizer: str) -> tuple[float, ...]:
+        return self.lrs.get(optimizer, COMPARE_LRS[optimizer])  # type: ignore[call-overload]
+
+
 class SweepParams(Section):
-    grid: dict[str, tuple[Any, ...]] = Field(default_factory=dict)  # train key -> values to try
-    workers: int = Field(2, ge=1)
+    # train key -> values to try; every combination is one trial (dotted keys for early_stopping)
+    grid: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
+    workers: int = Field(2, ge=1)  # trials run at once
     runner: Literal["threads", "processes", "dask"] = "threads"
+    dask_address: str | None = None  # runner dask: a scheduler address; null = a local cluster
+    compare: CompareParams = CompareParams()
+
+    @model_validator(mode="after")
+    def _grid_keys(self) -> SweepParams:
+        allowed = sorted(k for k in TrainParams.model_fields if k != "early_stopping") + list(NESTED_TRAIN_KEYS)
+        for key, values in self.grid.items():
+            if key not in allowed:
+                raise ValueError(f"sweep.grid: unknown train key {key!r} (allowed: {', '.join(allowed)})")
+            if not values:
+                raise ValueError(f"sweep.grid.{key}: no values; give a list of one or more values to try")
+        if self.dask_address and self.runner != "dask":
+            raise ValueError(f"sweep.dask_address: set, but sweep.runner is {self.runner!r} (use runner: dask)")
+        return self
 
 
 # -------------------------------------------------------------------------------------- all

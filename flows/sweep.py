@@ -1,0 +1,281 @@
+"""The `fitline-sweep` flow: a grid of train params, each trial a mapped Prefect task.
+
+A trial calls the stages' own `train_model` and `evaluate_model` in-process on the validated
+data (stages/sweep.run_trial); there is no DVC run per trial. Its cache key is a hash of the
+trial's full train params, the evaluate params, the data's content (md5 of the parquet files
+and meta.json), the trial code and the device; results are persisted under
+.dvc/tmp/fitline-sweep-cache, so rerunning a grid trains nothing (every trial is Cached) and
+a grown grid trains only its new trials. `fitline compare` reuses the same task and cache.
+
+Task runners: threads (default) or processes on this machine, or Dask through prefect-dask:
+a temporary local cluster, or an existing scheduler (`--dask-address`). Parallel trials in one
+machine share its cores, so each trial gets cores // workers torch threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# No network here: the server's telemetry would fail. Set before prefect reads its settings.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from prefect import flow, get_run_logger, task, unmapped  # noqa: E402
+from prefect.artifacts import create_table_artifact  # noqa: E402
+from prefect.context import TaskRunContext  # noqa: E402
+
+from stages.dataset import Split, load_meta, load_splits  # noqa: E402
+from stages.errors import FitlineError, ParamsError  # noqa: E402
+from stages.params import EvaluateParams, TrainParams, load_params  # noqa: E402
+from stages.sweep import (  # noqa: E402
+    LEADERBOARD_PATH,
+    apply_best,
+    check_validated,
+    code_fingerprint,
+    data_fingerprint,
+    format_overrides,
+    grid_trials,
+    leaderboard_rows,
+    markdown_table,
+    rank_trials,
+    run_trial,
+    trial_key,
+    trial_params,
+    write_leaderboard,
+)
+
+log = logging.getLogger(__name__)
+
+FLOW_NAME = "fitline-sweep"
+ARTIFACT_KEY = "fitline-sweep"
+# beside DVC's own temporary state, like the pipeline flow's cache: never committed
+CACHE_DIR = Path(".dvc") / "tmp" / "fitline-sweep-cache"
+RUNNERS = ("threads", "processes", "dask")
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """What every trial reads: the validated splits, meta.json and their content hash."""
+
+    splits: dict[str, Split]
+    meta: dict[str, Any]
+    key: str
+
+
+@dataclass
+class SweepResult:
+    trials: list[dict[str, Any]]  # ranked, best first (each with params, metrics, history, cached)
+    rows: list[dict[str, Any]]  # the leaderboard as written to reports/sweep.csv
+    keys: list[str]  # the grid's train keys
+    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # --apply: key -> (old, new)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.trials[0] if self.trials and self.trials[0]["status"] == "ok" else None
+
+
+# ---------------------------------------------------------------------------------- trials
+
+
+def cache_storage(root: str | os.PathLike[str]) -> Path:
+    return Path(root).resolve() / CACHE_DIR
+
+
+def load_trial_data(root: str | Path) -> TrialData:
+    """The validated data of the workspace at `root` (a DataError says to run `dvc repro validate`)."""
+    root = Path(root)
+    check_validated(root)
+    meta = load_meta(root / "data")
+    return TrialData(load_splits(root / "data", meta), meta, data_fingerprint(root / "data"))
+
+
+def plan_trials(base: TrainParams, grid: dict[str, Any]) -> list[tuple[dict[str, Any], TrainParams]]:
+    """Every trial of the grid with its validated train params; a bad value fails them all first."""
+    if not grid:
+        raise ParamsError("sweep.grid: empty; name train keys and the values to try, "
+                          "e.g. sweep: {grid: {optimizer: [adam, sgd], lr: [0.001, 0.01]}}")
+    return [(o, trial_params(base, o)) for o in grid_trials(grid)]
+
+
+def _trial_cache_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
+    return trial_key(inputs["train"], inputs["evaluate"], inputs["data"].key, inputs["code_key"])
+
+
+@task(name="sweep-trial", task_run_name="{label}", cache_key_fn=_trial_cache_key, persist_result=True,
+      result_serializer="json")
+def trial_task(label: str, overrides: dict[str, Any], train: TrainParams, evaluate: EvaluateParams,
+               data: TrialData, code_key: str, torch_threads: int | None = None) -> dict[str, Any]:
+    """Train and evaluate one configuration; a small dict (params, metrics, verdict, history)."""
+    if torch_threads:
+        import torch
+
+        if torch.get_num_threads() != torch_threads:  # a worker process of its own
+            torch.set_num_threads(torch_threads)
+    result = {"params": overrides, **run_trial(train, evaluate, data.splits, data.meta)}
+    logger = get_run_logger()
+    if result["status"] == "ok":
+        logger.info("%s: val %s %.4g, verdict %s, %d epochs in %.1f s", label, result["loss"],
+                    result["val"][result["loss"]], result["verdict"], result["epochs"], result["seconds"])
+    else:
+        logger.warning("%s: failed: %s", label, result["error"])
+    return result
+
+
+def run_trials(root: str | Path, plan: list[tuple[dict[str, Any], TrainParams]], evaluate: EvaluateParams,
+               torch_threads: int | None = None) -> list[dict[str, Any]]:
+    """Map the trial task over `plan` (inside a flow); results in plan order, each with `cached`."""
+    data = load_trial_data(root)
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)  # trials in this process's threads share its pool
+    trial = trial_task.with_options(result_storage=cache_storage(root))
+    futures = trial.map(
+        label=[format_overrides(o) for o, _ in plan], overrides=[o for o, _ in plan], train=[t for _, t in plan],
+        evaluate=unmapped(evaluate), data=unmapped(data), code_key=unmapped(code_fingerprint()),
+        torch_threads=unmapped(torch_threads),
+    )
+    futures.wait()
+    results = []
+    for future in futures:
+        result = future.result()  # an unexpected error in a trial fails the flow here
+        results.append({**result, "cached": future.state.name == "Cached"})
+    return results
+
+
+# ------------------------------------------------------------------------------------ flow
+
+
+@flow(name=FLOW_NAME)
+def sweep_flow(root: str = ".", grid: dict[str, list[Any]] | None = None,
+               torch_threads: int | None = None) -> list[dict[str, Any]]:
+    """Run every trial of the grid (params `sweep.grid` unless given); write the leaderboard.
+
+    Args:
+        root: the project workspace (params.yaml, validated data/).
+        grid: train key -> values to try; None = params.yaml's sweep.grid.
+        torch_threads: torch threads per trial (None = torch's default).
+    """
+    logger = get_run_logger()
+    workspace = Path(root).resolve()
+    params = load_params(workspace / "params.yaml")
+    grid = dict(grid if grid is not None else params.sweep.grid)
+    plan = plan_trials(params.train, grid)
+    logger.info("%d trials over %s", len(plan), ", ".join(grid))
+    ranked = rank_trials(run_trials(workspace, plan, params.evaluate, torch_threads))
+    rows = leaderboard_rows(ranked, list(grid))
+    write_leaderboard(rows, workspace)
+    best = ranked[0] if ranked[0]["status"] == "ok" else None
+    summary = f"best: {format_overrides(best['params'])}" if best else "every trial failed"
+    create_table_artifact(table=rows, key=ARTIFACT_KEY,
+                          description=f"fitline sweep, {len(rows)} trials ranked by val {ranked[0]['loss']}; {summary}")
+    logger.info("%s (%d of %d trials from cache)", summary, sum(t["cached"] for t in ranked), len(ranked))
+    return ranked
+
+
+# ------------------------------------------------------------------------------- runners
+
+
+def make_task_runner(runner: str, workers: int, dask_address: str | None = None, dask_processes: bool = True):
+    """threads | processes on this machine, or dask (a local cluster, or the scheduler at an address)."""
+    if dask_address:
+        runner = "dask"
+    if runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if runner == "processes":
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        return ProcessPoolTaskRunner(max_workers=workers)
+    if runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                              "processes": dask_processes, "dashboard_address": None})
+    raise ParamsError(f"sweep.runner: unknown runner {runner!r} (allowed: {', '.join(RUNNERS)})")
+
+
+def threads_per_trial(workers: int, dask_address: str | None) -> int | None:
+    """Trials on this machine share its cores; a remote cluster's workers keep their own setting."""
+    return None if dask_address else max(1, (os.cpu_count() or 1) // workers)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How trials run: the task runner, from params `sweep` unless overridden on the command line."""
+
+    runner: str
+    workers: int
+    dask_address: str | None = None
+    dask_processes: bool = True
+
+    @classmethod
+    def resolve(cls, params: Any, runner: str | None = None, workers: int | None = None,
+                dask_address: str | None = None, dask_processes: bool = True) -> RunOptions:
+        address = dask_address or params.sweep.dask_address
+        chosen = "dask" if dask_address else (runner or params.sweep.runner)
+        if chosen not in RUNNERS:
+            raise ParamsError(f"--runner: unknown runner {chosen!r} (allowed: {', '.join(RUNNERS)})")
+        count = workers if workers is not None else params.sweep.workers
+        if count < 1:
+            raise ParamsError(f"--workers: {count}; must be 1 or more")
+        return cls(chosen, count, address if chosen == "dask" else None, dask_processes)
+
+    def task_runner(self):
+        return make_task_runner(self.runner, self.workers, self.dask_address, self.dask_processes)
+
+    def torch_threads(self) -> int | None:
+        return threads_per_trial(self.workers, self.dask_address)
+
+
+def call_flow(flow_fn, options: RunOptions, **kwargs: Any) -> Any:
+    """Run a flow with the options' task runner; torch's thread count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        return flow_fn.with_options(task_runner=options.task_runner())(torch_threads=options.torch_threads(), **kwargs)
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_sweep(root: str | Path = ".", *, grid: dict[str, list[Any]] | None = None, runner: str | None = None,
+              workers: int | None = None, dask_address: str | None = None, dask_processes: bool = True,
+              apply: bool = False) -> SweepResult:
+    """What `fitline sweep` does. Params and data are checked before Prefect starts (fast failure)."""
+    workspace = Path(root).resolve()
+    params = load_params(workspace / "params.yaml")
+    options = RunOptions.resolve(params, runner, workers, dask_address, dask_processes)
+    keys = list(grid if grid is not None else params.sweep.grid)
+    plan_trials(params.train, dict(grid if grid is not None else params.sweep.grid))
+    check_validated(workspace)
+    log.info("sweep: %s runner, %d workers", options.runner, options.workers)
+    ranked = call_flow(sweep_flow, options, root=str(workspace), grid=grid)
+    result = SweepResult(ranked, leaderboard_rows(ranked, keys), keys)
+    if apply:
+        if result.best is None:
+            raise FitlineError("sweep --apply: every trial failed; params.yaml is left as it is")
+        result.changed = apply_best(workspace / "params.yaml", result.best["params"])
+    return result
+
+
+def leaderboard_text(result: SweepResult, top: int = 10) -> str:
+    """The leaderboard's first rows and the best config, for the terminal."""
+    if not result.rows:
+        return "no trials\n"
+    loss = result.trials[0]["loss"]
+    cols = ["rank", *result.keys, f"val_{loss}", f"test_{loss}", "verdict", "epochs", "seconds", "cached"]
+    text = markdown_table(result.rows[:top], cols)
+    if len(result.rows) > top:
+        text += f"... {len(result.rows) - top} more in {LEADERBOARD_PATH}\n"
+    best = result.best
+    text += f"\nbest: {format_overrides(best['params'])}\n" if best else "\nevery trial failed\n"
+    return text
