@@ -165,7 +165,7 @@ def training_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: fl
         result_storage=cache_storage(workspace),
     )
     states: dict[str, str] = {}
-    with workspace_lock(workspace, timeout=lock_timeout_seconds):
+    with workspace_lock(workspace, timeout=lock_timeout_seconds, on_wait=logger.warning):
         for node in read_dag(workspace):
             state = stage_task(node.name, str(workspace), return_state=True)
             states[node.name] = state.name

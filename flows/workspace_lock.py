@@ -13,7 +13,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from stages.errors import FitlineError
@@ -37,8 +37,11 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def workspace_lock(root: str | os.PathLike[str], timeout: float = 0.0) -> Iterator[Path]:
+def workspace_lock(root: str | os.PathLike[str], timeout: float = 0.0,
+                   on_wait: Callable[[str], object] = log.info) -> Iterator[Path]:
     """Hold the workspace's flow lock; wait up to `timeout` seconds for another run to finish.
+
+    `on_wait` gets one message when we have to wait.
 
     Raises WorkspaceBusy naming the lock file and the holder's pid when the wait runs out.
     """
@@ -58,7 +61,8 @@ def workspace_lock(root: str | os.PathLike[str], timeout: float = 0.0) -> Iterat
                         f"another fitline flow run (pid {_holder(path)}) is running in {Path(root).resolve()}; "
                         f"gave up after waiting {timeout:g} s for {path}") from None
                 if not waited:
-                    log.info("waiting for another flow run to release %s (pid %s)", path, _holder(path))
+                    on_wait(f"waiting up to {timeout:g} s for another flow run (pid {_holder(path)}) "
+                            f"to release {path}")
                     waited = True
                 time.sleep(_POLL_SECONDS)
         os.ftruncate(fd, 0)

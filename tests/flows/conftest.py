@@ -26,9 +26,10 @@ TOY_STEP = r'''
 """A toy stage: reads its params section and its inputs, writes one JSON file.
 
 Failure injection (files outside DVC's view): toy_fail/<name>.once makes the next run die
-like a killed process; toy_fail/<name>.always fails it like a stage's expected error.
+like a killed process; toy_fail/<name>.always fails it like a stage's expected error;
+toy_fail/<name>.sleep holds it for that many seconds.
 """
-import json, os, sys
+import json, os, sys, time
 from pathlib import Path
 
 import yaml
@@ -45,6 +46,8 @@ if once.exists():
     record(name + ":crashed")
     print(f"{name}: simulated crash", file=sys.stderr, flush=True)
     os._exit(3)
+if (pause := Path("toy_fail") / f"{name}.sleep").exists():
+    time.sleep(float(pause.read_text()))
 if always.exists():
     record(name + ":failed")
     print(f"fitline {name}: error: validation failed: {always.read_text().strip()}", file=sys.stderr)

@@ -115,3 +115,31 @@ def test_deterministic_failure_fails_at_once_and_keeps_outputs(toy_repo, prefect
     assert {p: (toy_repo / p).read_bytes() for p in downstream} == {p: before[p] for p in downstream}
     run_cmd(["dvc", "checkout", "b"], toy_repo)
     assert (toy_repo / "out/b.json").read_bytes() == before["out/b.json"]
+
+
+@pytest.mark.slow
+def test_two_flow_runs_at_once_on_one_workspace(toy_repo, prefect_server):
+    """Two `fitline run` processes: the second waits for the first, then finds everything Cached."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    inject(toy_repo, "a", "sleep", "8")
+    env = dict(os.environ, PREFECT_API_URL=prefect_server)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    cmd = [str(Path(sys.executable).parent / "fitline"), "run", "--root", str(toy_repo), "--retries", "0"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock = toy_repo / ".dvc/tmp/fitline-flow.lock"
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out1, _ = first.communicate(timeout=300)
+    out2, _ = second.communicate(timeout=300)
+    assert (first.returncode, second.returncode) == (0, 0), out1 + out2
+    assert "stages: a=Completed, b=Completed, c=Completed, d=Completed" in out1
+    assert "waiting up to 600 s for another flow run" in out2
+    assert "stages: a=Cached, b=Cached, c=Cached, d=Cached" in out2
+    assert toy_runs(toy_repo) == ALL
+    assert _dvc_clean(toy_repo)
