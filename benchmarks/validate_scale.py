@@ -52,9 +52,9 @@ def main() -> None:
               f"generated in {time.perf_counter() - t:.1f} s")
         rss_before = peak_rss_mib()
 
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         from stages import expectations, validate, validation_report
-        t_import = time.perf_counter() - t
+        t_import, cpu_import = time.perf_counter() - t, time.process_time() - cpu
 
         t = time.perf_counter()
         frames = {s: read_split_frame(s, work / "data") for s in SPLITS}
@@ -71,16 +71,16 @@ def main() -> None:
         t_hash = time.perf_counter() - t
 
         context = validate.make_context(work / "data_docs")
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         report = validate.run(params, frames, meta, context)
-        t_run = time.perf_counter() - t
+        t_run, cpu_run = time.perf_counter() - t, time.process_time() - cpu
         t = time.perf_counter()
         context.build_data_docs()
         t_docs = time.perf_counter() - t
 
-        print(f"import stages.validate (GX)     {t_import:6.2f} s")
+        print(f"import stages.validate (GX)     {t_import:6.2f} s   (CPU {cpu_import:.2f} s)")
         print(f"read splits                     {t_read:6.2f} s")
-        print(f"validation work (run)           {t_run:6.2f} s   success={report['success']}, "
+        print(f"validation work (run)           {t_run:6.2f} s   (CPU {cpu_run:.2f} s) success={report['success']}, "
               f"expectations {sum(v['checks'] for v in report['splits'].values())}")
         print(f"  of which train reference      {t_refs:6.2f} s")
         print(f"  of which row hashing          {t_hash:6.2f} s")
@@ -97,8 +97,9 @@ def main() -> None:
         proc = subprocess.run([sys.executable, "-m", "stages.validate"], cwd=work, env=env,
                               capture_output=True, text=True)
         wall = time.perf_counter() - t
+        child = resource.getrusage(resource.RUSAGE_CHILDREN)
         print(f"whole stage (python -m stages.validate): exit {proc.returncode}, wall {wall:.2f} s, "
-              f"peak RSS {peak_rss_mib(resource.RUSAGE_CHILDREN):.0f} MiB")
+              f"CPU {child.ru_utime + child.ru_stime:.2f} s, peak RSS {child.ru_maxrss / 1024:.0f} MiB")
         if proc.returncode:
             print(proc.stderr[-3000:])
 
