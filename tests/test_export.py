@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import onnx
 import pytest
 import torch
@@ -276,3 +277,39 @@ def test_quantization_none_writes_an_identical_int8_copy(tmp_path):
     metrics = export.run(ExportParams(quantization="none", latency_repeats=1), model, cfg, splits, tmp_path)
     assert (tmp_path / "model.int8.onnx").read_bytes() == (tmp_path / "model.onnx").read_bytes()
     assert metrics["int8_is_fp32_copy"] is True and metrics["metric_drop"] == 0.0 and metrics["size_ratio"] == 1.0
+
+
+# ------------------------------------------------------------------------- end to end
+
+E2E_PARAMS = """\
+data: {kind: classification, n_samples: 1500, n_features: 6, n_informative: 4, n_classes: 3, noise: 0.05, seed: 5}
+validate: {min_rows: 1}
+train: {hidden: [16], epochs: 15, batch_size: 128, lr: 0.01, checkpoint_every: 5, device: cpu}
+evaluate: {overfit_gap: 0.3}
+export: {quantization: static, calibration_rows: 500, latency_repeats: 3}
+"""
+
+
+@pytest.mark.slow
+def test_dvc_repro_exports_serves_and_a_failed_export_keeps_the_models(tmp_path):
+    from tests.conftest import make_pipeline_repo, run_cmd
+
+    repo = make_pipeline_repo(tmp_path / "repo", E2E_PARAMS)
+    run_cmd(["dvc", "repro", "export"], repo)
+    metrics = json.loads((repo / "metrics/export.json").read_text())
+    assert metrics["quantization"] == "static" and metrics["metric_name"] == "accuracy"
+    assert metrics["parity_max_abs"] <= 1e-4 and metrics["metric_drop"] <= 0.01
+    run_cmd(["fitline", "predict", "--model", "models/model.int8.onnx", "--input", "data/test.parquet",
+             "--output", "preds.csv"], repo)
+    preds = pd.read_csv(repo / "preds.csv")
+    assert list(preds.columns) == ["y", "label", "proba_0", "proba_1", "proba_2"]
+    assert (preds["label"] == preds["y"]).mean() == pytest.approx(metrics["test_metric"]["onnx_int8"])
+    assert "export" not in run_cmd(["dvc", "status", "export"], repo).stdout  # up to date
+
+    good = {p: (repo / p).read_bytes() for p in ("models/model.onnx", "models/model.int8.onnx", "metrics/export.json")}
+    params = (repo / "params.yaml").read_text().replace("latency_repeats: 3", "latency_repeats: 3, parity_atol: 1.0e-12")
+    (repo / "params.yaml").write_text(params)
+    proc = run_cmd(["dvc", "repro", "export"], repo, check=False)
+    assert proc.returncode != 0
+    assert "fitline export: error: ONNX fp32 output differs from torch" in proc.stderr + proc.stdout
+    assert {p: (repo / p).read_bytes() for p in good} == good  # persist + atomic: still servable
