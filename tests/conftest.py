@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,8 +38,26 @@ def run_cmd(args: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.
     return proc
 
 
+def merged_params(params_text: str) -> str:
+    """The project's params.yaml with `params_text` deep-merged over it.
+
+    DVC refuses to run a stage whose params section is missing, so test params only name what
+    they change and inherit every other section from the project."""
+
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        return out
+
+    base = yaml.safe_load((ROOT / "params.yaml").read_text()) or {}
+    return yaml.safe_dump(merge(base, yaml.safe_load(params_text) or {}), sort_keys=False)
+
+
 def make_pipeline_repo(dest: Path, params_text: str | None = None) -> Path:
-    """Copy the project into `dest` as a fresh git + DVC repository (one commit)."""
+    """Copy the project into `dest` as a fresh git + DVC repository (one commit).
+
+    `params_text` is merged over the project's params.yaml (see merged_params)."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = ROOT / name
@@ -47,7 +66,7 @@ def make_pipeline_repo(dest: Path, params_text: str | None = None) -> Path:
         elif src.exists():
             shutil.copy2(src, dest / name)
     if params_text is not None:
-        (dest / "params.yaml").write_text(params_text)
+        (dest / "params.yaml").write_text(merged_params(params_text))
     (dest / ".gitignore").write_text("__pycache__/\n")
     run_cmd(["git", "init", "-q", "-b", "main"], dest)
     run_cmd(["git", "config", "user.email", "test@fitline.local"], dest)
