@@ -210,6 +210,8 @@ def run(
     """Export, check and quantise `model`; write out_dir/model.onnx and model.int8.onnx only
     when every check passed; return the metrics for metrics/export.json."""
     task, test = cfg["task"], splits["test"]
+    if len(test.y) == 0:
+        raise DataError("test split: no rows to check the exported model on")
     model = model.to("cpu").eval()
     fp32_dest, int8_dest = Path(out_dir) / FP32_NAME, Path(out_dir) / INT8_NAME
     with atomic_path(fp32_dest) as fp32_tmp, atomic_path(int8_dest) as int8_tmp:
