@@ -11,6 +11,7 @@ import pandas as pd
 import onnx
 import pytest
 import torch
+import yaml
 
 from stages import export, generate
 from stages.dataset import Split, load_splits
@@ -307,8 +308,9 @@ def test_dvc_repro_exports_serves_and_a_failed_export_keeps_the_models(tmp_path)
     assert "export" not in run_cmd(["dvc", "status", "export"], repo).stdout  # up to date
 
     good = {p: (repo / p).read_bytes() for p in ("models/model.onnx", "models/model.int8.onnx", "metrics/export.json")}
-    params = (repo / "params.yaml").read_text().replace("latency_repeats: 3", "latency_repeats: 3, parity_atol: 1.0e-12")
-    (repo / "params.yaml").write_text(params)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["export"]["parity_atol"] = 1.0e-12
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run_cmd(["dvc", "repro", "export"], repo, check=False)
     assert proc.returncode != 0
     assert "fitline export: error: ONNX fp32 output differs from torch" in proc.stderr + proc.stdout
