@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -88,11 +89,14 @@ def export_onnx(model: nn.Module, cfg: dict[str, Any], dest: Path, opset: int) -
     example = torch.zeros((2, int(cfg["n_features"])), dtype=torch.float32)
     outputs = REGRESSION_OUTPUTS if task == "regression" else CLASSIFICATION_OUTPUTS
     try:
-        program = torch.onnx.export(
-            serving, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
-            external_data=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=list(outputs), verbose=False,
-        )
+        with warnings.catch_warnings():
+            # torch.export's deprecation notice about its own pytree internals, not about this call
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            program = torch.onnx.export(
+                serving, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
+                external_data=False, opset_version=opset, input_names=[INPUT_NAME],
+                output_names=list(outputs), verbose=False,
+            )
     except Exception as exc:  # the exporter wraps failures in several types; one line is enough
         raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     proto = program.model_proto
@@ -234,7 +238,8 @@ def run(
             "onnx_int8": test_metric(task, test.y, primary(task, int8.run(test.x))),
         }
         drop = check_metric_drop(name, scores["onnx_fp32"], scores["onnx_int8"], params.max_metric_drop)
-        log.info("parity max abs %.3g; test %s %s; int8 drop %.4f", parity, name, scores, drop)
+        log.info("parity max abs %.3g; test %s: %s; int8 drop %.4f", parity, name,
+                 ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), drop)
 
         latency_ms = latency(model, fp32_tmp, int8_tmp, test.x, params.latency_repeats)
         size_fp32, size_int8 = fp32_tmp.stat().st_size, int8_tmp.stat().st_size
@@ -267,8 +272,11 @@ def check_features(cfg: dict[str, Any], meta: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    for noisy in ("onnx_ir", "onnxscript"):  # the exporter's optimiser logs each pass at INFO
+    # the exporter's optimiser logs each pass at INFO; its op registry warns that torchvision
+    # (whose ops a fitline model never uses) is not installed
+    for noisy in ("onnx_ir", "onnxscript"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     params = load_params()
     meta = load_meta(DATA_DIR)
     model, cfg = load_model(MODEL_PT)
