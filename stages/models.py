@@ -150,8 +150,10 @@ def weight_tensors(model: nn.Module) -> list[nn.Parameter]:
 def save_model(path: str | Path, model: nn.Module, cfg: dict[str, Any]) -> None:
     """torch.save {"state_dict", "config"} atomically; loads with torch.load(weights_only=True)."""
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "config": cfg}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # a file object, not the path: torch names the archive's inner folder after the file,
+        # and the temporary name is random; this way the same model gives the same bytes
+        torch.save({"state_dict": state, "config": cfg}, f)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -97,6 +97,8 @@ def test_save_load_round_trip(tmp_path) -> None:
     m.eval()
     assert torch.equal(loaded(x), m(x))
     assert [p.name for p in tmp_path.joinpath("models").iterdir()] == ["model.pt"]  # no temp file left
+    save_model(tmp_path / "again.pt", m, cfg)  # same model -> same bytes (DVC hashes them)
+    assert (tmp_path / "again.pt").read_bytes() == path.read_bytes()
 
 
 def test_load_model_errors_name_the_path(tmp_path) -> None:
