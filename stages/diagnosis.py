@@ -142,7 +142,8 @@ def fit_diagnosis(params: EvaluateParams, metrics: dict[str, Any], history: list
     gap_vs_baseline = diff / max(float(base_val[loss]), TINY)
     se = math.hypot(float(train.get(f"{loss}_se", 0.0)), float(val.get(f"{loss}_se", 0.0)))
     gap_z = diff / se if se > 0 else None
-    text = (f"generalisation gap (val - train) / train = {_pct(gap)}: val {name} {_num(val_loss)} "
+    per = "train" if train_loss >= floor_train else f"{_pct(params.negligible)} of the baseline's train {name}"
+    text = (f"generalisation gap (val - train) / {per} = {_pct(gap)}: val {name} {_num(val_loss)} "
             f"vs train {_num(train_loss)} (overfit above {_pct(params.overfit_gap)})")
     if gap <= params.overfit_gap:
         passed.append(text)

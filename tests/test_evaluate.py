@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +285,15 @@ def _example(name: str) -> dict:
     return yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
 
 
+@pytest.fixture
+def one_thread():
+    """Small models train several times faster on one intra-op thread on a busy 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _scenario(raw: dict, tmp_path: Path) -> dict:
     from stages import generate
     from stages.dataset import load_meta, load_splits
@@ -298,7 +308,7 @@ def _scenario(raw: dict, tmp_path: Path) -> dict:
                                    restored_best=result.metrics["restored_best"])
 
 
-def test_scenario_linear_model_on_friedman_is_underfit(tmp_path):
+def test_scenario_linear_model_on_friedman_is_underfit(tmp_path, one_thread):
     raw = _example("underfit")
     raw["data"]["n_samples"] = 2000  # the same story on less data, to keep the default run fast
     fit = _scenario(raw, tmp_path)["fit"]
@@ -306,12 +316,20 @@ def test_scenario_linear_model_on_friedman_is_underfit(tmp_path):
     assert fit["noise_ratio"] > 3
 
 
-def test_scenario_large_mlp_on_few_noisy_rows_is_overfit(tmp_path):
+def test_scenario_large_mlp_on_few_noisy_rows_is_overfit(tmp_path, one_thread):
     raw = _example("overfit")
     raw["train"]["epochs"] = min(raw["train"]["epochs"], 150)
     fit = _scenario(raw, tmp_path)["fit"]
     assert fit["verdict"] == "overfit", fit["reasons"]
     assert fit["gap"] > 1
+
+
+def test_scenario_good_example_is_good(tmp_path, one_thread):
+    report = _scenario(_example("good"), tmp_path)  # the full example: 20000 rows, ~6 s of training
+    fit = report["fit"]
+    assert fit["verdict"] == "good", fit["reasons"]
+    assert fit["noise_ratio"] < 1.2 and fit["gap"] < 0.15
+    assert report["test"]["mse"] < 1.25 * report["irreducible"]["mse"]
 
 
 def test_examples_are_valid_full_params_files():
@@ -320,15 +338,29 @@ def test_examples_are_valid_full_params_files():
         raw = _example(name)
         parse_params(raw, f"examples/{name}.yaml")
         # a full params file: every section of params.yaml is there, so copying it over loses nothing
-        assert set(raw) == set(current), name
+        assert set(current) <= set(raw), (name, set(current) - set(raw))
+        # and the sections it shares with params.yaml that it does not mean to change are the same
+        for section in set(current) - {"data", "train"}:
+            assert raw[section] == current[section], (name, section)
 
 
 # --------------------------------------------------------------- scenarios, end to end
 
 
+def test_stage_without_inputs_fails_with_one_line(tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    proc = run_cmd([sys.executable, "-m", "stages.evaluate"], tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("fitline evaluate: error: data/meta.json: file not found")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "metrics").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["underfit", "overfit", "good"])
-def test_example_params_give_their_verdict_with_dvc_repro(tmp_path, name):
+def test_example_params_give_their_verdict_with_dvc_repro(tmp_path, name, monkeypatch):
+    # one intra-op thread: these small models train several times faster on a busy 2-core box
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     repo = make_pipeline_repo(tmp_path / "repo", (EXAMPLES / f"{name}.yaml").read_text())
     run_cmd(["dvc", "repro", "evaluate"], repo)
     report = json.loads((repo / "metrics/eval.json").read_text())
