@@ -168,6 +168,9 @@ def fit_diagnosis(params: EvaluateParams, metrics: dict[str, Any], history: list
                  f"({_pct(curve['best_epoch_fraction'])} of the run) and ended {_pct(curve['val_rise'])} "
                  f"above its minimum (overfit when before {_pct(params.early_best_fraction)} "
                  f"and above {_pct(params.val_rise)})")
+        if curve["best_epoch"] == curve["epochs_run"]:
+            shape = (f"val loss was lowest at the last epoch ({curve['epochs_run']}): "
+                     "the learning curve shows no overfitting")
         if early and rose and not restored_best:
             flags["overfit"].append(shape)
         elif early and rose:

@@ -163,6 +163,7 @@ def test_still_improving_at_the_end_puts_more_epochs_first():
     assert fit["verdict"] == "underfit"
     assert fit["remedies"][0] == UNDERFIT_REMEDIES["epochs"]
     assert any("still falling at the last epoch" in n for n in fit["notes"])
+    assert "passed: val loss was lowest at the last epoch (10)" in " ".join(fit["notes"])
 
 
 def test_restored_model_overfit_drops_the_early_stopping_remedy():
