@@ -153,13 +153,13 @@ class TrainParams(Section):
     loss: Literal["auto", "mse", "huber", "cross_entropy"] = "auto"
     huber_delta: float = Field(1.0, gt=0)
     optimizer: Literal["gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"] = "adam"
-    lr: float = Field(0.001, gt=0, le=100)
+    lr: float = Field(0.003, gt=0, le=100)  # issue: 0.001; see the train section of params.yaml
     momentum: float = Field(0.9, ge=0, lt=1)
     betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = Field(256, ge=1)
     epochs: int = Field(200, ge=1, le=1_000_000)
     regularizer: Literal["none", "l1", "l2", "elastic_net"] = "l2"
-    reg_strength: float = Field(0.0001, ge=0)
+    reg_strength: float = Field(0.001, ge=0)  # issue: 0.0001
     l1_ratio: float = Field(0.5, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "exponential", "step", "cosine"] = "constant"

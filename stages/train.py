@@ -153,13 +153,41 @@ def history_csv(history: list[dict[str, Any]]) -> str:
 
 
 def clear_checkpoint(checkpoint_dir: str | Path) -> None:
-    """Delete the run's checkpoint file (the folder stays: DVC declares it as an output)."""
+    """Delete the run's checkpoint file. The folder stays, with a note in it: DVC declares it
+    as an output and warns about an empty one."""
     path = Path(checkpoint_dir)
     path.mkdir(parents=True, exist_ok=True)
     (path / CHECKPOINT_FILE).unlink(missing_ok=True)
+    note = path / "README.txt"
+    if not note.exists():
+        write_text(note, f"{CHECKPOINT_FILE} here is the resume state of an unfinished `train` stage run;\n"
+                         "it is deleted when the run finishes.\n")
 
 
-def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+@dataclass
+class RunState:
+    """What the next epoch depends on besides weights, optimizer and RNGs (checkpointed)."""
+
+    epoch: int = 0  # epochs completed
+    elapsed: float = 0.0  # seconds spent in epochs, over all resumed attempts
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the val loss last improved by more than min_delta
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+def _save_checkpoint(path: Path, fingerprint: str, run: RunState, model: nn.Module,
+                     optimizer: torch.optim.Optimizer, gens: dict[str, torch.Generator]) -> None:
+    blob = {"fingerprint": fingerprint, "run": vars(run), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "rng": {k: g.get_state() for k, g in gens.items()}}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(blob, f)
+
+
+def _restore_checkpoint(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        gens: dict[str, torch.Generator], device: torch.device) -> RunState | None:
+    """Load a checkpoint of this very run into model, optimizer and generators; None if there is none."""
     if not path.exists():
         return None
     try:
@@ -170,13 +198,39 @@ def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     if not isinstance(blob, dict) or blob.get("fingerprint") != fingerprint:
         log.info("checkpoint %s is from other params, data or code; starting fresh", path)
         return None
-    return blob
+    model.load_state_dict(blob["model"])
+    optimizer.load_state_dict(blob["optimizer"])
+    for name, gen in gens.items():
+        gen.set_state(blob["rng"][name])
+    run = RunState(**blob["run"])
+    if run.best_state is not None:
+        run.best_state = {k: v.to(device) for k, v in run.best_state.items()}
+    log.info("resuming from %s at epoch %d", path, run.epoch)
+    return run
 
 
 def _log_live(live: Any, rec: dict[str, Any]) -> None:
     for key in HISTORY_COLUMNS[1:]:
         live.log_metric(key, rec[key])
     live.next_step()
+
+
+def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, xs: torch.Tensor, ys: torch.Tensor,
+                 batch: int, loss_fn: optim.LossFn, penalty_grad: Callable | None, grad_clip: float | None,
+                 autocast: Callable[[], Any]) -> None:
+    """One pass over (already shuffled) rows in slices of `batch`."""
+    model.train()
+    weights = weight_tensors(model)
+    for i in range(0, len(xs), batch):
+        with autocast():
+            loss = loss_fn(model.raw(xs[i : i + batch]), ys[i : i + batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if penalty_grad is not None:
+            penalty_grad(weights)  # the penalty term's exact gradient, cheaper than its graph
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
 
 
 # -------------------------------------------------------------------------------- training
@@ -194,8 +248,9 @@ def train_model(
 ) -> TrainResult:
     """Train a model on splits['train'], early-stopping on splits['val'].
 
-    `live` is a dvclive.Live (metrics per epoch); `on_epoch_end` is called with each epoch's
-    history record after its checkpoint is written (raising from it stops the run there).
+    `live` is a dvclive.Live (metrics per epoch); `progress` shows a tqdm bar on stderr;
+    `on_epoch_end` is called with each epoch's history record after its checkpoint is written
+    (raising from it stops the run there).
     """
     p = params
     device = resolve_device(p.device)
@@ -204,26 +259,26 @@ def train_model(
     use_bf16 = p.precision == "bf16" and device.type == "cuda"
     if p.precision == "bf16" and not use_bf16:
         log.warning("train.precision bf16 is CUDA only; training in fp32 on %s", device.type)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
-    gen = torch.Generator().manual_seed(p.seed)  # init, then the per-epoch permutations
-    model = build_model(cfg, generator=gen)
+    # local generators, never torch's global RNG: threads of a sweep must not share one
+    gens = {"cpu": torch.Generator().manual_seed(p.seed)}  # init, then the per-epoch permutations
+    model = build_model(cfg, generator=gens["cpu"])
     fit_scaling(model, splits["train"].x, splits["train"].y, p.scaling)
     model.to(device)
-    drop_gen = None
     if cfg["dropout"] > 0:
-        drop_gen = torch.Generator(device=device).manual_seed(p.seed + 1)
+        gens["dropout"] = torch.Generator(device=device).manual_seed(p.seed + 1)
         for m in model.modules():
             if isinstance(m, SeededDropout):
-                m.generator = drop_gen
+                m.generator = gens["dropout"]
 
-    regression = cfg["task"] == "regression"
     # copies: the arrays may be read-only views of parquet buffers
     x_train = torch.tensor(splits["train"].x, device=device)
     y_train = torch.tensor(splits["train"].y, device=device)
     x_val = torch.tensor(splits["val"].x, device=device)
     y_val = torch.tensor(splits["val"].y, device=device)
     eval_loss_fn = make_loss(cfg["loss"], p.huber_delta)
-    if regression:
+    if cfg["task"] == "regression":
         # the optimiser works on the standardised target; the objective is the same up to
         # the factor y_std² (Huber too, with delta scaled alike), so lr means the same for any units
         y_mean, y_std = model.y_mean.item(), model.y_std.item()
@@ -234,62 +289,38 @@ def train_model(
 
     optimizer = make_optimizer(p, model.parameters())
     penalty_grad = make_penalty_grad(p)
-    weights = weight_tensors(model)
     n = len(x_train)
     batch = n if p.optimizer == "gd" else min(p.batch_size, n)
     patience = p.early_stopping.patience
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
-    # run state: everything a checkpoint must restore
-    history: list[dict[str, Any]] = []
-    best_loss, best_epoch, bad_epochs, best_state = math.inf, 0, 0, None
-    start, elapsed = 0, 0.0
+    run = RunState()
     ckpt_path = fingerprint = None
     if checkpoint_dir is not None:
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE
         fingerprint = run_fingerprint(p, splits, cfg, device)
-        blob = _load_checkpoint(ckpt_path, fingerprint)
-        if blob is not None:
-            model.load_state_dict(blob["model"])
-            optimizer.load_state_dict(blob["optimizer"])
-            gen.set_state(blob["rng"])
-            if drop_gen is not None:
-                drop_gen.set_state(blob["drop_rng"])
-            history, start, elapsed = blob["history"], blob["epoch"], blob["elapsed"]
-            best_loss, best_epoch, bad_epochs = blob["best_loss"], blob["best_epoch"], blob["bad_epochs"]
-            best_state = {k: v.to(device) for k, v in blob["best_state"].items()} if blob["best_state"] else None
-            log.info("resuming from %s at epoch %d", ckpt_path, start)
+        run = _restore_checkpoint(ckpt_path, fingerprint, model, optimizer, gens, device) or run
+    start = run.epoch
     if live is not None:
-        for rec in history:  # DVC clears dvclive/ before a rerun: replay the resumed epochs
+        for rec in run.history:  # DVC clears dvclive/ before a rerun: replay the resumed epochs
             _log_live(live, rec)
-
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=p.epochs, initial=start, desc="train", unit="epoch", file=sys.stderr, leave=False)
+
     stopped = False
     for epoch in range(start, p.epochs):
         t0 = time.perf_counter()
         lr = lr_at(p, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.train()
-        if batch < n:
-            perm = torch.randperm(n, generator=gen).to(device)
-            xs, ys = x_train[perm], y_fit[perm]  # one gather per epoch, then free slices
+        if batch < n:  # one gather per epoch, then the batches are free slices
+            perm = torch.randperm(n, generator=gens["cpu"]).to(device)
+            xs, ys = x_train[perm], y_fit[perm]
         else:
             xs, ys = x_train, y_fit
-        for i in range(0, n, batch):
-            with autocast():
-                loss = train_loss_fn(model.raw(xs[i : i + batch]), ys[i : i + batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if penalty_grad is not None:
-                penalty_grad(weights)  # the penalty term's exact gradient, cheaper than its graph
-            if p.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-            optimizer.step()
+        _train_epoch(model, optimizer, xs, ys, batch, train_loss_fn, penalty_grad, p.grad_clip, autocast)
 
         train_loss = evaluate_loss(model, x_train, y_train, eval_loss_fn)
         val_loss = evaluate_loss(model, x_val, y_val, eval_loss_fn)
@@ -300,16 +331,17 @@ def train_model(
                 "or set train.grad_clip"
             )
         seconds = time.perf_counter() - t0
-        elapsed += seconds
         rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "epoch_seconds": seconds}
-        history.append(rec)
-        if val_loss < best_loss - p.early_stopping.min_delta:
-            best_loss, best_epoch, bad_epochs = val_loss, epoch + 1, 0
+        run.epoch, run.elapsed = epoch + 1, run.elapsed + seconds
+        run.history.append(rec)
+        if val_loss < run.best_loss - p.early_stopping.min_delta:
+            run.best_loss, run.best_epoch, run.bad_epochs = val_loss, epoch + 1, 0
             if patience is not None:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
-            bad_epochs += 1
-        stopped = patience is not None and bad_epochs >= patience
+            run.bad_epochs += 1
+        stopped = patience is not None and run.bad_epochs >= patience
+
         if live is not None:
             _log_live(live, rec)
         if bar is not None:
@@ -317,14 +349,7 @@ def train_model(
             bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
         last = stopped or epoch + 1 == p.epochs
         if ckpt_path is not None and (epoch + 1) % p.checkpoint_every == 0 and not last:
-            with atomic_path(ckpt_path) as tmp:
-                torch.save({
-                    "fingerprint": fingerprint, "epoch": epoch + 1, "elapsed": elapsed, "history": history,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "rng": gen.get_state(), "drop_rng": drop_gen.get_state() if drop_gen is not None else None,
-                    "best_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                    "best_state": best_state,
-                }, tmp)
+            _save_checkpoint(ckpt_path, fingerprint, run, model, optimizer, gens)
         if on_epoch_end is not None:
             on_epoch_end(rec)
         if stopped:
@@ -333,24 +358,24 @@ def train_model(
     if bar is not None:
         bar.close()
 
-    restored = patience is not None and best_state is not None
+    restored = patience is not None and run.best_state is not None
     if restored:
-        model.load_state_dict(best_state)
+        model.load_state_dict(run.best_state)
     for m in model.modules():
         if isinstance(m, SeededDropout):
             m.generator = None
     model.to("cpu").eval()
-    final = history[-1]
+    final = run.history[-1]
     metrics = {
-        "epochs_run": len(history),
-        "best_epoch": best_epoch,
+        "epochs_run": run.epoch,
+        "best_epoch": run.best_epoch,
         "train_loss": final["train_loss"],
         "val_loss": final["val_loss"],
-        "best_val_loss": best_loss,
+        "best_val_loss": run.best_loss,
         "restored_best": restored,
         "stopped_early": stopped,
-        "wall_seconds": round(elapsed, 3),
-        "samples_per_second": round(n * len(history) / elapsed, 1) if elapsed > 0 else None,
+        "wall_seconds": round(run.elapsed, 3),
+        "samples_per_second": round(n * run.epoch / run.elapsed, 1) if run.elapsed > 0 else None,
         "device": device.type,
         "precision": "bf16" if use_bf16 else "fp32",
         "loss": cfg["loss"],
@@ -359,8 +384,8 @@ def train_model(
         "resumed_from_epoch": start,
     }
     log.info("trained %d epochs in %.1f s: train %s %.4g, val %.4g (best %.4g at epoch %d)",
-             len(history), elapsed, cfg["loss"], final["train_loss"], final["val_loss"], best_loss, best_epoch)
-    return TrainResult(model=model, config=cfg, metrics=metrics, history=history)
+             run.epoch, run.elapsed, cfg["loss"], final["train_loss"], final["val_loss"], run.best_loss, run.best_epoch)
+    return TrainResult(model=model, config=cfg, metrics=metrics, history=run.history)
 
 
 def main() -> None:

@@ -212,6 +212,14 @@ def test_min_delta_and_disabled_early_stopping() -> None:
     assert r.metrics["epochs_run"] == 6 and not r.metrics["stopped_early"] and not r.metrics["restored_best"]
 
 
+def test_progress_bar_only_when_asked(capsys) -> None:
+    splits, meta = _regression_case()
+    train_model(small(epochs=3), splits, meta)
+    assert "epoch" not in capsys.readouterr().err
+    train_model(small(epochs=3), splits, meta, progress=True)
+    assert "3/3" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------ divergence
 
 
@@ -346,7 +354,7 @@ def test_main_writes_model_metrics_history_and_live_plots(tmp_path: Path, monkey
     assert lines[0] == "epoch,train_loss,val_loss,lr,epoch_seconds" and len(lines) == 5
     tsv = Path("dvclive/plots/metrics/val_loss.tsv").read_text().splitlines()
     assert tsv[0] == "step\tval_loss" and len(tsv) == 5
-    assert Path("checkpoints").is_dir() and not any(Path("checkpoints").iterdir())  # cleared after success
+    assert [f.name for f in Path("checkpoints").iterdir()] == ["README.txt"]  # cleared after success
 
 
 def test_main_diverging_writes_no_model(tmp_path: Path, monkeypatch) -> None:
