@@ -103,3 +103,58 @@ def serve(
     from flows.pipeline import serve_pipeline
 
     serve_pipeline(root=root, cron=cron, name=name, retries=retries)
+
+
+_RUNNER_HELP = "threads | processes | dask (default: params sweep.runner)."
+
+
+@app.command()
+def sweep(
+    apply: bool = typer.Option(False, "--apply", help="write the best trial's values into params.yaml (comments kept)."),
+    workers: int = typer.Option(None, "--workers", min=1, help="trials at once (default: params sweep.workers)."),
+    runner: str = typer.Option(None, "--runner", help=_RUNNER_HELP),
+    dask_address: str = typer.Option(None, "--dask-address", metavar="ADDR",
+                                     help="run the trials on the Dask scheduler at ADDR (implies --runner dask)."),
+    root: str = typer.Option(".", "--root", help="project workspace (params.yaml, validated data/)."),
+    top: int = typer.Option(10, "--top", min=1, help="leaderboard rows to print."),
+) -> None:
+    """Grid search over params `sweep.grid`: a cached Prefect task per trial; reports/sweep.csv."""
+    from flows.sweep import leaderboard_text, run_sweep
+    from stages.errors import FitlineError
+
+    try:
+        result = run_sweep(root, runner=runner, workers=workers, dask_address=dask_address, apply=apply)
+    except FitlineError as exc:
+        typer.echo(f"fitline sweep: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(leaderboard_text(result, top))
+    if apply:
+        if result.changed:
+            changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in result.changed.items())
+            typer.echo(f"params.yaml: {changes}; run `dvc repro` to train the official model")
+        else:
+            typer.echo("params.yaml already holds the best values")
+
+
+@app.command()
+def compare(
+    workers: int = typer.Option(None, "--workers", min=1, help="trials at once (default: params sweep.workers)."),
+    runner: str = typer.Option(None, "--runner", help=_RUNNER_HELP),
+    dask_address: str = typer.Option(None, "--dask-address", metavar="ADDR",
+                                     help="run the trials on the Dask scheduler at ADDR (implies --runner dask)."),
+    root: str = typer.Option(".", "--root", help="project workspace (params.yaml, validated data/)."),
+) -> None:
+    """Compare the optimizers (params `sweep.compare`): reports/compare.md, .csv and .png."""
+    from pathlib import Path
+
+    from flows.compare import run_compare
+    from stages.errors import FitlineError
+
+    try:
+        result = run_compare(root, runner=runner, workers=workers, dask_address=dask_address)
+    except FitlineError as exc:
+        typer.echo(f"fitline compare: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.markdown)
+    typer.echo(f"{result.cached} of {result.trials} trials from cache; wrote "
+               + ", ".join(str(p.relative_to(Path(root).resolve())) for p in result.files))

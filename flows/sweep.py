@@ -14,8 +14,10 @@ machine share its cores, so each trial gets cores // workers torch threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,8 +129,10 @@ def trial_task(label: str, overrides: dict[str, Any], train: TrainParams, evalua
 
 
 def run_trials(root: str | Path, plan: list[tuple[dict[str, Any], TrainParams]], evaluate: EvaluateParams,
-               torch_threads: int | None = None) -> list[dict[str, Any]]:
-    """Map the trial task over `plan` (inside a flow); results in plan order, each with `cached`."""
+               torch_threads: int | None = None, labels: list[str] | None = None) -> list[dict[str, Any]]:
+    """Map the trial task over `plan` (inside a flow); results in plan order, each with `cached`.
+
+    `labels` name the task runs (default: the overrides, `optimizer=adam,lr=0.001`)."""
     data = load_trial_data(root)
     if torch_threads:
         import torch
@@ -136,7 +140,7 @@ def run_trials(root: str | Path, plan: list[tuple[dict[str, Any], TrainParams]],
         torch.set_num_threads(torch_threads)  # trials in this process's threads share its pool
     trial = trial_task.with_options(result_storage=cache_storage(root))
     futures = trial.map(
-        label=[format_overrides(o) for o, _ in plan], overrides=[o for o, _ in plan], train=[t for _, t in plan],
+        label=labels or [format_overrides(o) for o, _ in plan], overrides=[o for o, _ in plan], train=[t for _, t in plan],
         evaluate=unmapped(evaluate), data=unmapped(data), code_key=unmapped(code_fingerprint()),
         torch_threads=unmapped(torch_threads),
     )
@@ -236,13 +240,45 @@ class RunOptions:
         return threads_per_trial(self.workers, self.dask_address)
 
 
+@contextlib.contextmanager
+def shared_api() -> Iterator[None]:
+    """Point worker processes at this process's Prefect API.
+
+    Without PREFECT_API_URL, Prefect starts a temporary server on first use, and so would every
+    worker process of a process pool or a local Dask cluster: one 20-40 s start per worker, and
+    task runs spread over throwaway databases. Start it here and hand its URL to the workers.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the same singleton Prefect's client would start
+    server.start()
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by processes spawned from now on
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+
+
 def call_flow(flow_fn, options: RunOptions, **kwargs: Any) -> Any:
     """Run a flow with the options' task runner; torch's thread count is restored afterwards."""
     import torch
 
     before = torch.get_num_threads()
+    in_process = options.runner == "threads" or (options.runner == "dask" and not options.dask_processes)
     try:
-        return flow_fn.with_options(task_runner=options.task_runner())(torch_threads=options.torch_threads(), **kwargs)
+        with contextlib.nullcontext() if in_process else shared_api():
+            return flow_fn.with_options(task_runner=options.task_runner())(
+                torch_threads=options.torch_threads(), **kwargs)
     finally:
         torch.set_num_threads(before)
 

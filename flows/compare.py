@@ -1,0 +1,70 @@
+"""The `fitline-compare` flow: every optimizer on the same data and model, each at its best
+learning rate; the table, chart and curves are computed by stages/compare.py.
+
+The runs are the sweep's own cached trial task (flows/sweep.run_trials): a comparison that
+was run before trains nothing, and a sweep trial with the same params is reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flows.sweep import RunOptions, call_flow, run_trials  # sets Prefect's env first
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from stages.compare import Comparison, compare, compare_plan, report_markdown, write_comparison
+from stages.dataset import load_meta
+from stages.params import load_params
+from stages.sweep import check_validated, trial_params
+
+FLOW_NAME = "fitline-compare"
+ARTIFACT_KEY = "fitline-compare"
+
+
+@dataclass
+class CompareResult:
+    comparison: Comparison
+    markdown: str
+    files: list[Path]
+    cached: int  # trials taken from the cache
+    trials: int
+
+
+@flow(name=FLOW_NAME)
+def compare_flow(root: str = ".", torch_threads: int | None = None, workers: int | None = None) -> CompareResult:
+    """Train every optimizer of params `sweep.compare` at each of its learning rates; write
+    reports/compare.{md,csv,png} and the table artifact `fitline-compare`."""
+    logger = get_run_logger()
+    workspace = Path(root).resolve()
+    params = load_params(workspace / "params.yaml")
+    cp = params.sweep.compare
+    plan = [(o, trial_params(params.train, o)) for o in compare_plan(params.train, cp)]
+    logger.info("%d trials: %s", len(plan), ", ".join(f"{o} x {len(cp.lrs_for(o))}" for o in cp.optimizers))
+    labels = [f"{o['optimizer']} lr={o['lr']:g}" for o, _ in plan]
+    trials = run_trials(workspace, plan, params.evaluate, torch_threads, labels)
+    result = compare(trials, cp)
+    meta = load_meta(workspace / "data")
+    floor = ((meta.get("ground_truth") or {}).get("irreducible") or {}).get(result.loss)
+    markdown = report_markdown(result, task=meta["task"], n_train=(meta.get("rows") or {}).get("train"),
+                               noise_floor=floor, workers=workers)
+    files = write_comparison(result, markdown, workspace)
+    create_table_artifact(table=result.rows, key=ARTIFACT_KEY,
+                          description=f"fitline compare: target val {result.loss} "
+                                      f"{result.target if result.target is not None else '-'} ({result.target_how})")
+    cached = sum(t["cached"] for t in trials)
+    logger.info("best: %s (%d of %d trials from cache)", result.rows[0]["optimizer"], cached, len(trials))
+    return CompareResult(result, markdown, files, cached, len(trials))
+
+
+def run_compare(root: str | Path = ".", *, runner: str | None = None, workers: int | None = None,
+                dask_address: str | None = None, dask_processes: bool = True) -> CompareResult:
+    """What `fitline compare` does. Params and data are checked before Prefect starts."""
+    workspace = Path(root).resolve()
+    params = load_params(workspace / "params.yaml")
+    options = RunOptions.resolve(params, runner, workers, dask_address, dask_processes)
+    for overrides in compare_plan(params.train, params.sweep.compare):
+        trial_params(params.train, overrides)
+    check_validated(workspace)
+    return call_flow(compare_flow, options, root=str(workspace), workers=options.workers)
