@@ -141,6 +141,14 @@ class EarlyStoppingParams(Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class DistributedParams(Section):
+    # enabled: `python -m stages.train` relaunches itself as nproc DDP workers (torch.distributed.run);
+    # a run already started by torchrun is distributed whatever this says (see stages/distributed.py)
+    enabled: bool = False
+    nproc: int = Field(2, ge=1, le=1024)  # workers on this machine (one per GPU for CUDA)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl when training on CUDA, else gloo
+
+
 OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 
 
@@ -172,6 +180,7 @@ class TrainParams(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     checkpoint_every: int = Field(10, ge=1)
     seed: int = Field(42, ge=0, le=2**32 - 1)
+    distributed: DistributedParams = DistributedParams()
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainParams:
