@@ -14,11 +14,9 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from stages.artifacts import read_json, write_json, write_text
 from stages.dataset import SPLITS, Split, load_meta, load_splits
@@ -26,6 +24,9 @@ from stages.diagnosis import LOSS_NAME, fit_diagnosis
 from stages.errors import DataError, run_main
 from stages.metrics import baseline_metrics, compute_metrics
 from stages.params import EvaluateParams, load_params
+
+if TYPE_CHECKING:  # torch is imported where a model is run: the stage's error paths stay light
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,15 @@ class Evaluation:
 # ------------------------------------------------------------------------------- compute
 
 
-@torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Model outputs for raw features, in chunks on the model's device, as float64 numpy."""
+    import torch
+
     model.eval()
     device = next(model.parameters()).device
-    out = [model(torch.tensor(x[i : i + PREDICT_CHUNK], device=device)).float().cpu().numpy()
-           for i in range(0, len(x), PREDICT_CHUNK)]
+    with torch.no_grad():
+        out = [model(torch.tensor(x[i : i + PREDICT_CHUNK], device=device)).float().cpu().numpy()
+               for i in range(0, len(x), PREDICT_CHUNK)]
     return np.concatenate(out).astype(np.float64) if out else np.empty((0,))
 
 

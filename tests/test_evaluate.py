@@ -324,6 +324,7 @@ def test_scenario_large_mlp_on_few_noisy_rows_is_overfit(tmp_path, one_thread):
     assert fit["gap"] > 1
 
 
+@pytest.mark.slow  # 20000 rows: 6 s of training on an idle core, 30 s on a busy one
 def test_scenario_good_example_is_good(tmp_path, one_thread):
     report = _scenario(_example("good"), tmp_path)  # the full example: 20000 rows, ~6 s of training
     fit = report["fit"]
