@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from flows.sweep import RunOptions, call_flow, run_trials  # sets Prefect's env first
 from prefect import flow, get_run_logger
