@@ -22,9 +22,11 @@ expected error (`fitline <stage>: error: ...`), so those fail the flow at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from prefect.cache_policies import CachePolicy  # noqa: E402
 from prefect.context import FlowRunContext, TaskRunContext  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
-from flows.dag import checkout_stage, metrics_paths, read_dag, stage_state  # noqa: E402
+from flows.dag import DvcWorkspace  # noqa: E402
 from flows.history import git_commit, metrics_row, record_run  # noqa: E402
 from flows.stage_run import StageFailed, repro_stage  # noqa: E402
 from flows.workspace_lock import workspace_lock  # noqa: E402
@@ -76,6 +78,31 @@ def prune_cache(root: str | os.PathLike[str]) -> None:
             path.unlink(missing_ok=True)
 
 
+# The flow run's one DVC view of its workspace, shared by its tasks (they run one after another
+# in the flow's thread); a task run outside a flow opens its own.
+_SHARED: dict[str, DvcWorkspace] = {}
+
+
+@contextlib.contextmanager
+def shared_dvc_workspace(root: Path) -> Iterator[DvcWorkspace]:
+    ws = _SHARED[str(root)] = DvcWorkspace(root)
+    try:
+        yield ws
+    finally:
+        _SHARED.pop(str(root), None)
+        ws.close()
+
+
+@contextlib.contextmanager
+def dvc_workspace(root: str) -> Iterator[DvcWorkspace]:
+    shared = _SHARED.get(str(Path(root).resolve()))
+    if shared is not None:
+        yield shared
+        return
+    with DvcWorkspace(root) as ws:
+        yield ws
+
+
 def stage_result(name: str, fingerprint: str | None, executed: bool) -> dict[str, Any]:
     """What a stage task returns (and what its cache record holds)."""
     return {"stage": name, "fingerprint": fingerprint, "executed": executed}
@@ -88,15 +115,16 @@ class DvcFingerprint(CachePolicy):
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
                     flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
         root, name = inputs["root"], inputs["stage"]
-        state = stage_state(root, name)
-        if state.restorable:
-            logging.getLogger(__name__).info(
-                "%s: restoring %s from DVC's cache", name, ", ".join(sorted(state.outs_status)))
-            try:
-                checkout_stage(root, name)
-            except Exception as exc:  # cache gone or unreadable: the stage re-runs instead
-                logging.getLogger(__name__).warning("%s: dvc checkout failed (%s); re-running", name, exc)
-            state = stage_state(root, name)
+        logger = get_run_logger()
+        with dvc_workspace(root) as ws:
+            state = ws.state(name)
+            if state.restorable:
+                logger.info("%s: restoring %s from DVC's cache", name, ", ".join(sorted(state.outs_status)))
+                try:
+                    ws.checkout(name)
+                except Exception as exc:  # cache gone or unreadable: the stage re-runs instead
+                    logger.warning("%s: dvc checkout failed (%s); the stage runs", name, exc)
+                state = ws.state(name)
         if not state.up_to_date:
             return None
         key = cache_key(name, state.fingerprint)
@@ -126,10 +154,12 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
 def run_stage(stage: str, root: str) -> dict[str, Any]:
     """Run one stage through DVC (`dvc repro --single-item`); raises StageFailed."""
     logger = get_run_logger()
-    run = repro_stage(root, stage, on_line=logger.info)
-    if not run.executed:
-        logger.info("%s: DVC restored it from its run-cache or found it up to date", stage)
-    return stage_result(stage, stage_state(root, stage).fingerprint, executed=run.executed)
+    with dvc_workspace(root) as ws:
+        ws.invalidate()  # whatever happens next, the workspace changes under DVC's view
+        run = repro_stage(root, stage, on_line=logger.info)
+        if not run.executed:
+            logger.info("%s: DVC restored it from its run-cache or found it up to date", stage)
+        return stage_result(stage, ws.state(stage).fingerprint, executed=run.executed)
 
 
 def _tag_flow_run(tag: str) -> None:
@@ -165,8 +195,9 @@ def training_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: fl
         result_storage=cache_storage(workspace),
     )
     states: dict[str, str] = {}
-    with workspace_lock(workspace, timeout=lock_timeout_seconds, on_wait=logger.warning):
-        for node in read_dag(workspace):
+    with workspace_lock(workspace, timeout=lock_timeout_seconds, on_wait=logger.warning), \
+            shared_dvc_workspace(workspace) as ws:
+        for node in ws.nodes():
             state = stage_task(node.name, str(workspace), return_state=True)
             states[node.name] = state.name
             if state.is_failed():
@@ -174,7 +205,7 @@ def training_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: fl
                 state.result()  # raises the stage's own error: the flow fails with its message
         ctx = FlowRunContext.get()
         flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
-        row = metrics_row(workspace, commit, metrics_paths(workspace), flow_run=flow_run_id)
+        row = metrics_row(workspace, commit, ws.metrics_paths(), flow_run=flow_run_id)
         record_run(row, states)
         prune_cache(workspace)
     logger.info("stages: %s", ", ".join(f"{k}={v}" for k, v in states.items()))

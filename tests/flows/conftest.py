@@ -4,6 +4,7 @@ session, and a tiny DVC pipeline (four stdlib-only stages) in a temporary git + 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -122,9 +123,15 @@ def inject(repo: Path, stage: str, kind: str, text: str = "") -> None:
     (repo / "toy_fail" / f"{stage}.{kind}").write_text(text)
 
 
+@pytest.fixture(scope="session")
+def _toy_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_toy_repo(tmp_path_factory.mktemp("toy-template") / "repo")
+
+
 @pytest.fixture
-def toy_repo(tmp_path: Path) -> Path:
-    return make_toy_repo(tmp_path / "repo")
+def toy_repo(_toy_template: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the toy repo (git + DVC initialised once per session, copied per test)."""
+    return Path(shutil.copytree(_toy_template, tmp_path / "repo", symlinks=True))
 
 
 @pytest.fixture(scope="session")
