@@ -528,11 +528,12 @@ gate:
 
 @pytest.mark.slow
 def test_degraded_model_fails_the_gate_against_the_committed_baseline(tmp_path: Path):
-    from tests.conftest import SMALL_PARAMS
+    from tests.conftest import SMALL_PARAMS, merged_params
 
     params = yaml.safe_load(SMALL_PARAMS)
     params["train"]["epochs"] = 40  # enough for a model worth protecting, still seconds
-    repo = make_pipeline_repo(tmp_path / "repo", yaml.safe_dump(params) + E2E_GATE)
+    params["gate"] = yaml.safe_load(E2E_GATE)["gate"]
+    repo = make_pipeline_repo(tmp_path / "repo", yaml.safe_dump(params))
     run_cmd(["dvc", "repro"], repo)
     run_cmd(["git", "add", "-A"], repo)
     run_cmd(["git", "commit", "-q", "-m", "baseline run"], repo)
@@ -542,9 +543,10 @@ def test_degraded_model_fails_the_gate_against_the_committed_baseline(tmp_path: 
     good = run_cmd(["fitline", "gate", "--baseline", "HEAD"], repo, check=False)
     assert good.returncode == 0, good.stdout + good.stderr
 
-    # an absurd learning rate for a single epoch: a model that silently got much worse
+    # an absurdly small learning rate for a single epoch: a model that silently got much worse.
+    # (An absurdly large one fails the pipeline itself, at export's parity or int8 budget.)
     params["train"].update(lr=1.0e-6, epochs=1)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params) + E2E_GATE)
+    (repo / "params.yaml").write_text(merged_params(yaml.safe_dump(params)))
     run_cmd(["dvc", "repro"], repo)
     bad = run_cmd(["fitline", "gate", "--baseline", "HEAD", "--json", "gate.json"], repo, check=False)
     assert bad.returncode == 1, bad.stdout + bad.stderr
