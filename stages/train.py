@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stages import models, optim
+from stages import distributed, models, optim
 from stages.artifacts import atomic_path, write_json, write_text
 from stages.dataset import Split, load_meta, load_splits
 from stages.errors import DataError, ParamsError, TrainingDiverged, run_main
@@ -123,7 +123,7 @@ def run_fingerprint(p: TrainParams, splits: dict[str, Split], cfg: dict[str, Any
     """Hash of everything a run's result depends on: params, data, code, device, torch version."""
     h = hashlib.sha256()
     head = {"params": p.model_dump(mode="json", exclude={"checkpoint_every"}), "config": cfg,
-            "device": device.type, "torch": torch.__version__}
+            "device": device.type, "torch": torch.__version__, "world": distributed.current().size}
     h.update(json.dumps(head, sort_keys=True).encode())
     for name in ("train", "val"):
         h.update(np.ascontiguousarray(splits[name].x).tobytes())
@@ -216,14 +216,18 @@ def _log_live(live: Any, rec: dict[str, Any]) -> None:
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, xs: torch.Tensor, ys: torch.Tensor,
-                 batch: int, loss_fn: optim.LossFn, penalty_grad: Callable | None, grad_clip: float | None,
-                 autocast: Callable[[], Any]) -> None:
-    """One pass over (already shuffled) rows in slices of `batch`."""
+                 dp: distributed.DataParallel, loss_fn: optim.LossFn, penalty_grad: Callable | None,
+                 grad_clip: float | None, autocast: Callable[[], Any]) -> None:
+    """One pass over (already shuffled) rows, one step per (start, stop, scale) slice of dp.steps.
+
+    `scale` weighs a rank's piece of a global batch (1 in a single process; stages/distributed.py)."""
     model.train()
     weights = weight_tensors(model)
-    for i in range(0, len(xs), batch):
+    for lo, hi, scale in dp.steps:
         with autocast():
-            loss = loss_fn(model.raw(xs[i : i + batch]), ys[i : i + batch])
+            loss = loss_fn(dp.forward(xs[lo:hi]), ys[lo:hi])
+        if scale != 1.0:
+            loss = loss * scale
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if penalty_grad is not None:
@@ -292,6 +296,7 @@ def train_model(
     n = len(x_train)
     batch = n if p.optimizer == "gd" else min(p.batch_size, n)
     patience = p.early_stopping.patience
+    dp = distributed.DataParallel(model, n, batch, device)  # single process: the plain loop
 
     run = RunState()
     ckpt_path = fingerprint = None
@@ -315,15 +320,17 @@ def train_model(
         lr = lr_at(p, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if batch < n:  # one gather per epoch, then the batches are free slices
-            perm = torch.randperm(n, generator=gens["cpu"]).to(device)
-            xs, ys = x_train[perm], y_fit[perm]
+        # one gather per epoch (this rank's shard of it), then the batches are free slices
+        rows = dp.rows_of(torch.randperm(n, generator=gens["cpu"]) if batch < n else None)
+        if rows is not None:
+            rows = rows.to(device)
+            xs, ys = x_train[rows], y_fit[rows]
         else:
             xs, ys = x_train, y_fit
-        _train_epoch(model, optimizer, xs, ys, batch, train_loss_fn, penalty_grad, p.grad_clip, autocast)
+        _train_epoch(model, optimizer, xs, ys, dp, train_loss_fn, penalty_grad, p.grad_clip, autocast)
 
-        train_loss = evaluate_loss(model, x_train, y_train, eval_loss_fn)
-        val_loss = evaluate_loss(model, x_val, y_val, eval_loss_fn)
+        train_loss = dp.evaluate(evaluate_loss, model, x_train, y_train, eval_loss_fn)
+        val_loss = dp.evaluate(evaluate_loss, model, x_val, y_val, eval_loss_fn)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             bad = train_loss if not math.isfinite(train_loss) else val_loss
             raise TrainingDiverged(
@@ -340,7 +347,7 @@ def train_model(
                 run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             run.bad_epochs += 1
-        stopped = patience is not None and run.bad_epochs >= patience
+        stopped = dp.agree(patience is not None and run.bad_epochs >= patience)  # rank 0 decides
 
         if live is not None:
             _log_live(live, rec)
@@ -348,7 +355,7 @@ def train_model(
             bar.update(1)
             bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
         last = stopped or epoch + 1 == p.epochs
-        if ckpt_path is not None and (epoch + 1) % p.checkpoint_every == 0 and not last:
+        if ckpt_path is not None and dp.is_main and (epoch + 1) % p.checkpoint_every == 0 and not last:
             _save_checkpoint(ckpt_path, fingerprint, run, model, optimizer, gens)
         if on_epoch_end is not None:
             on_epoch_end(rec)
@@ -382,6 +389,7 @@ def train_model(
         "n_train": n,
         "n_val": len(x_val),
         "resumed_from_epoch": start,
+        "world_size": dp.world.size,
     }
     log.info("trained %d epochs in %.1f s: train %s %.4g, val %.4g (best %.4g at epoch %d)",
              run.epoch, run.elapsed, cfg["loss"], final["train_loss"], final["val_loss"], run.best_loss, run.best_epoch)
@@ -390,17 +398,25 @@ def train_model(
 
 def main() -> None:
     params = load_params()
-    meta = load_meta()
-    splits = load_splits(meta=meta)
-    from dvclive import Live  # imported here: train_model itself needs no dvclive
+    dist_p = params.train.distributed
+    if dist_p.enabled and not distributed.launched():
+        distributed.launch(dist_p.nproc, "stages.train", dist_p.backend)  # workers run this main()
+        return
+    with distributed.process_group(dist_p.backend, params.train.device) as world:
+        meta = load_meta()
+        splits = load_splits(meta=meta)
+        from dvclive import Live  # imported here: train_model itself needs no dvclive
 
-    with Live(dir=LIVE_DIR, save_dvc_exp=False, dvcyaml=False) as live:
-        result = train_model(params.train, splits, meta, checkpoint_dir=CHECKPOINT_DIR, live=live,
-                             progress=sys.stderr.isatty())
-    save_model(MODEL_PATH, result.model, result.config)
-    write_json(METRICS_PATH, result.metrics)
-    write_text(HISTORY_PATH, history_csv(result.history))
-    clear_checkpoint(CHECKPOINT_DIR)
+        # rank 0 alone writes files; the others train their shards and read the checkpoint
+        writer = Live(dir=LIVE_DIR, save_dvc_exp=False, dvcyaml=False) if world.is_main else contextlib.nullcontext()
+        with writer as live:
+            result = train_model(params.train, splits, meta, checkpoint_dir=CHECKPOINT_DIR, live=live,
+                                 progress=world.is_main and sys.stderr.isatty())
+    if world.is_main:
+        save_model(MODEL_PATH, result.model, result.config)
+        write_json(METRICS_PATH, result.metrics)
+        write_text(HISTORY_PATH, history_csv(result.history))
+        clear_checkpoint(CHECKPOINT_DIR)
 
 
 if __name__ == "__main__":
