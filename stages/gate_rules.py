@@ -102,9 +102,10 @@ class NoRegression:
 
     @property
     def text(self) -> str:
-        tol = [f"{self.abs_tol:g}"] if self.abs_tol or not self.rel_tol else []
-        tol += [f"{self.rel_tol * 100:g}%"] if self.rel_tol else []
-        return f"{self.better} is better, tol {' or '.join(tol)}"
+        abs_tol, rel_tol = f"{self.abs_tol:g}", f"{self.rel_tol * 100:g}%"
+        if self.abs_tol and self.rel_tol:
+            return f"{self.better} is better, tol max({abs_tol}, {rel_tol})"
+        return f"{self.better} is better, tol {rel_tol if self.rel_tol else abs_tol}"
 
     def allowed(self, baseline: float) -> float:
         return max(self.abs_tol, self.rel_tol * abs(baseline))

@@ -257,6 +257,12 @@ def test_regression_pass_and_fail(rule, baseline, current, status):
     assert result.exit_code == {"pass": 0, "fail": 1}[status]
 
 
+def test_regression_rule_text():
+    assert RMSE_LOWER_2PCT.text == "lower is better, tol 2%"
+    assert NoRegression("eval.test.r2", "higher").text == "higher is better, tol 0"
+    assert NoRegression("eval.test.r2", "higher", 0.005, 0.01).text == "higher is better, tol max(0.005, 1%)"
+
+
 def test_regression_failure_detail_gives_numbers():
     status, detail = judge_regression(RMSE_LOWER_2PCT, 1.5, 1.0)
     assert status == "fail" and detail == "worse by 0.5, allowed 0.02"
