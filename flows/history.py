@@ -195,8 +195,13 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def format_history(entries: list[HistoryEntry], metrics: list[str] | None = None) -> str:
-    """A plain-text table: one row per entry, metric columns chosen by prefix (all by default)."""
+    """A plain-text table: one row per entry; metric columns chosen by name or prefix, by
+    default every numeric metric (text such as a verdict's reasons would not fit a column)."""
     if not entries:
         return "no fitline runs recorded yet (key fitline-metrics)"
     keys: list[str] = []
@@ -204,6 +209,8 @@ def format_history(entries: list[HistoryEntry], metrics: list[str] | None = None
         keys += [k for k in e.row if k not in META_FIELDS and k not in keys]
     if metrics:
         keys = [k for k in keys if any(k == m or k.startswith(m + ".") for m in metrics)]
+    else:
+        keys = [k for k in keys if any(_is_number(e.row.get(k)) for e in entries)]
     header = ["date", "commit", "branch", *keys]
     rows = [[e.created[:19].replace("T", " "),
              e.row["commit"][:8] + ("+dirty" if e.row.get("dirty") else ""),

@@ -147,6 +147,7 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
     task_run_name="{stage}",
     cache_policy=DvcFingerprint(),
     persist_result=True,
+    result_serializer="json",  # the records in .dvc/tmp/fitline-prefect-cache stay readable
     retries=2,
     retry_delay_seconds=exponential_backoff(backoff_factor=5),
     retry_condition_fn=is_transient,
@@ -169,7 +170,9 @@ def _tag_flow_run(tag: str) -> None:
         return
     from prefect.client.orchestration import get_client
 
-    tags = list(dict.fromkeys([*ctx.flow_run.tags, tag]))
+    if tag in ctx.flow_run.tags:  # `fitline run` creates its runs with the tag already
+        return
+    tags = [*ctx.flow_run.tags, tag]
     with get_client(sync_client=True) as client:
         client.update_flow_run(flow_run_id=ctx.flow_run.id, tags=tags)
 
@@ -225,9 +228,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: float = 5.0,
                  lock_timeout_seconds: float = 600.0) -> dict[str, str]:
     """Run the flow (what `fitline run` and `python -m flows.pipeline` do)."""
-    return training_pipeline(root=str(Path(root).resolve()), retries=retries,
-                             retry_delay_seconds=retry_delay_seconds,
-                             lock_timeout_seconds=lock_timeout_seconds)
+    from prefect import tags
+
+    workspace = Path(root).resolve()
+    with tags(git_commit(workspace).tag):
+        return training_pipeline(root=str(workspace), retries=retries, retry_delay_seconds=retry_delay_seconds,
+                                 lock_timeout_seconds=lock_timeout_seconds)
 
 
 def serve_pipeline(root: str = ".", cron: str = NIGHTLY_CRON, name: str = "fitline-nightly",

@@ -69,4 +69,7 @@ def test_format_history_table():
     assert lines[2].split() == ["2026-01-01", "10:00:00", "aaaaaaaa", "main", "0.123457", "1"]
     assert lines[3].split() == ["2026-01-02", "10:00:00", "bbbbbbbb+dirty", "main", "0.1"]
     assert format_history(entries, ["train"]).splitlines()[0].split() == ["date", "commit", "branch", "train.loss"]
+    worded = [_entry("2026-01-01T10:00:00+00:00", "a" * 40, **{"eval.verdict": "good fit", "eval.mse": 0.5})]
+    assert format_history(worded).splitlines()[0].split() == ["date", "commit", "branch", "eval.mse"]
+    assert "good fit" in format_history(worded, ["eval.verdict"])
     assert "no fitline runs" in format_history([])
