@@ -432,7 +432,7 @@ def test_killed_stage_resumes_under_dvc_and_matches_an_uninterrupted_run(tmp_pat
     proc.kill()
     proc.wait()
     assert ckpt.exists(), "the run ended before its first checkpoint; raise train.epochs"
-    done = torch.load(ckpt, weights_only=True)["epoch"]
+    done = torch.load(ckpt, weights_only=True)["run"]["epoch"]
     assert 0 < done < 150
 
     # DVC deletes the stage's other outputs before rerunning it, but keeps the persistent checkpoints
