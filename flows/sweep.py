@@ -110,15 +110,15 @@ def _trial_cache_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
 
 @task(name="sweep-trial", task_run_name="{label}", cache_key_fn=_trial_cache_key, persist_result=True,
       result_serializer="json")
-def trial_task(label: str, overrides: dict[str, Any], train: TrainParams, evaluate: EvaluateParams,
-               data: TrialData, code_key: str, torch_threads: int | None = None) -> dict[str, Any]:
+def trial_task(label: str, train: TrainParams, evaluate: EvaluateParams, data: TrialData, code_key: str,
+               torch_threads: int | None = None) -> dict[str, Any]:
     """Train and evaluate one configuration; a small dict (params, metrics, verdict, history)."""
     if torch_threads:
         import torch
 
         if torch.get_num_threads() != torch_threads:  # a worker process of its own
             torch.set_num_threads(torch_threads)
-    result = {"params": overrides, **run_trial(train, evaluate, data.splits, data.meta)}
+    result = run_trial(train, evaluate, data.splits, data.meta)
     logger = get_run_logger()
     if result["status"] == "ok":
         logger.info("%s: val %s %.4g, verdict %s, %d epochs in %.1f s", label, result["loss"],
@@ -140,15 +140,17 @@ def run_trials(root: str | Path, plan: list[tuple[dict[str, Any], TrainParams]],
         torch.set_num_threads(torch_threads)  # trials in this process's threads share its pool
     trial = trial_task.with_options(result_storage=cache_storage(root))
     futures = trial.map(
-        label=labels or [format_overrides(o) for o, _ in plan], overrides=[o for o, _ in plan], train=[t for _, t in plan],
+        label=labels or [format_overrides(o) for o, _ in plan], train=[t for _, t in plan],
         evaluate=unmapped(evaluate), data=unmapped(data), code_key=unmapped(code_fingerprint()),
         torch_threads=unmapped(torch_threads),
     )
     futures.wait()
     results = []
-    for future in futures:
+    for (overrides, _), future in zip(plan, futures):
         result = future.result()  # an unexpected error in a trial fails the flow here
-        results.append({**result, "cached": future.state.name == "Cached"})
+        # the overrides come from the plan, not the cache: another grid may have cached the
+        # same train params under other keys (lr=0.003 there, optimizer=adam here)
+        results.append({**result, "params": overrides, "cached": future.state.name == "Cached"})
     return results
 
 

@@ -248,6 +248,13 @@ def test_2x2_grid_leaderboard_then_a_rerun_is_all_cache_hits(first_sweep):
         [(t["params"], t["val"], t["seconds"]) for t in first.trials]
 
 
+def test_a_cache_hit_from_another_grid_keeps_this_grids_keys(swept, prefect_server):
+    # base train params are adam at lr 0.001: {lr: 0.003} here is the 2x2 grid's adam/0.003 trial
+    result = run_sweep(swept, grid={"lr": [0.003]})
+    assert result.trials[0]["cached"] and result.trials[0]["params"] == {"lr": 0.003}
+    assert result.rows[0]["lr"] == "0.003" and "optimizer" not in result.rows[0]
+
+
 def test_table_artifact_holds_the_leaderboard(swept, prefect_server):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
