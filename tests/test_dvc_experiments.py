@@ -62,7 +62,10 @@ def experiments(repo: Path) -> dict[str, dict]:
 
 
 def test_queued_experiments_then_fitline_sweep_agrees(tmp_path):
-    repo = make_pipeline_repo(tmp_path / "repo", small_params())
+    repo = make_pipeline_repo(tmp_path / "repo")
+    # the whole params.yaml, not merged over the project's: the sweep grid must be this one alone
+    (repo / "params.yaml").write_text(small_params())
+    run_cmd(["git", "commit", "-q", "-am", "tiny params"], repo)
     try:
         queued = run_cmd(["dvc", "exp", "run", "--queue", "-S", "train.optimizer=adam,sgd"], repo).stdout
         assert queued.count("Queued experiment") == 2, queued
@@ -87,6 +90,7 @@ def test_queued_experiments_then_fitline_sweep_agrees(tmp_path):
     proc = subprocess.run(cli, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["optimizer"]: r for r in csv.DictReader((repo / "reports" / "sweep.csv").read_text().splitlines())}
+    assert len(rows) == 2 and "lr" not in rows["sgd"]
     for optimizer, metrics in found.items():
         # one thread in the sweep, torch's default in the stage: sums may differ in the last bits
         assert float(rows[optimizer]["val_mse"]) == pytest.approx(metrics["val"]["mse"], rel=1e-3)
