@@ -1,8 +1,9 @@
 """The `training_pipeline` flow: the DVC stages of dvc.yaml as Prefect tasks.
 
-The flow reads the DAG from dvc.yaml through DVC (flows/dag.py) and runs each stage with
-`dvc repro --single-item` (flows/stage_run.py), so dvc.lock ends exactly as `dvc repro` leaves
-it and the two are interchangeable on one workspace.
+The flow reads the DAG from dvc.yaml through DVC (flows/dag.py) and runs each stage through
+DVC's own reproduce, one stage per call (`dvc repro --single-item`; in a flow run, through one
+helper process that keeps DVC imported, flows/stage_run.DvcRunner), so dvc.lock ends exactly as
+`dvc repro` leaves it and the two are interchangeable on one workspace.
 
 Caching. The cache key of a stage is its DVC fingerprint: cmd, params values, deps' content
 hashes, and the outs' hashes in dvc.lock (flows/dag.StageState). A key exists only for a state
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import re
 from collections.abc import Iterator
@@ -45,10 +45,8 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 
 from flows.dag import DvcWorkspace  # noqa: E402
 from flows.history import git_commit, metrics_row, record_run  # noqa: E402
-from flows.stage_run import StageFailed, repro_stage  # noqa: E402
+from flows.stage_run import DvcRunner, StageFailed, repro_stage  # noqa: E402
 from flows.workspace_lock import workspace_lock  # noqa: E402
-
-log = logging.getLogger(__name__)
 
 FLOW_NAME = "fitline-pipeline"
 # Prefect's cache records of a workspace live beside DVC's own temporary state: they describe
@@ -78,18 +76,23 @@ def prune_cache(root: str | os.PathLike[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-# The flow run's one DVC view of its workspace, shared by its tasks (they run one after another
-# in the flow's thread); a task run outside a flow opens its own.
+# The flow run's one DVC view of its workspace and its one DVC runner process, shared by its
+# tasks (they run one after another in the flow's thread); a task run outside a flow opens its
+# own view and runs `dvc repro --single-item`.
 _SHARED: dict[str, DvcWorkspace] = {}
+_RUNNERS: dict[str, DvcRunner] = {}
 
 
 @contextlib.contextmanager
 def shared_dvc_workspace(root: Path) -> Iterator[DvcWorkspace]:
     ws = _SHARED[str(root)] = DvcWorkspace(root)
+    runner = _RUNNERS[str(root)] = DvcRunner(root)
     try:
         yield ws
     finally:
         _SHARED.pop(str(root), None)
+        _RUNNERS.pop(str(root), None)
+        runner.close()
         ws.close()
 
 
@@ -157,7 +160,8 @@ def run_stage(stage: str, root: str) -> dict[str, Any]:
     logger = get_run_logger()
     with dvc_workspace(root) as ws:
         ws.invalidate()  # whatever happens next, the workspace changes under DVC's view
-        run = repro_stage(root, stage, on_line=logger.info)
+        runner = _RUNNERS.get(str(Path(root).resolve()))
+        run = runner.repro(stage, on_line=logger.info) if runner else repro_stage(root, stage, on_line=logger.info)
         if not run.executed:
             logger.info("%s: DVC restored it from its run-cache or found it up to date", stage)
         return stage_result(stage, ws.state(stage).fingerprint, executed=run.executed)

@@ -1,7 +1,9 @@
 """Run one stage through DVC (`dvc repro --single-item <stage>`) and classify how it failed.
 
-Running through DVC's own command leaves dvc.lock and DVC's cache exactly as `dvc repro`
-leaves them. Stage entry points report expected errors (bad params, failed validation, a
+Running through DVC leaves dvc.lock and DVC's cache exactly as `dvc repro` leaves them. Two
+ways: `repro_stage` starts the `dvc` command for one stage; a `DvcRunner` keeps one helper
+process (`python -m flows.stage_run --serve`) that calls DVC's Python API for each stage it
+is sent, so a flow run pays the Python + DVC start (about 1 s here) once, not once per stage. Stage entry points report expected errors (bad params, failed validation, a
 diverged run) as one line `fitline <stage>: error: <message>` on stderr (stages/errors.py);
 such a failure is deterministic and retrying it cannot help. Anything else (a killed process,
 DVC's repo lock held by another process, an OSError) may pass and is worth a retry.
@@ -10,11 +12,13 @@ Nothing here imports prefect.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,3 +111,97 @@ def repro_stage(root: str | os.PathLike[str], stage: str,
         raise classify_failure(stage, returncode, output)
     executed = any(m == stage for m in _RAN.findall(output))
     return StageRun(stage=stage, executed=executed, output=output)
+
+
+class DvcRunner:
+    """One helper process that reproduces stages through DVC's Python API, one at a time.
+
+    The helper's stdout and stderr, which the stage commands inherit, come back through one
+    pipe; a line with the request's token ends each answer. If the helper dies, the stage fails
+    as transient and the next call starts a new helper.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._proc: subprocess.Popen[str] | None = None
+
+    def _start(self) -> subprocess.Popen[str]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "flows.stage_run", "--serve"], cwd=self.root, env=dvc_env(),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, errors="replace", bufsize=1)
+        return self._proc
+
+    def repro(self, stage: str, on_line: Callable[[str], None] = log.info) -> StageRun:
+        """Like `repro_stage`: reproduce one stage; raises StageFailed."""
+        proc = self._start()
+        token = uuid.uuid4().hex
+        lines: list[str] = []
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps({"stage": stage, "token": token}) + "\n")
+            proc.stdin.flush()
+            for raw in proc.stdout:
+                line, _, answer = raw.rstrip("\n").partition(token)
+                if line.strip():
+                    lines.append(line)
+                    on_line(line)
+                if answer:
+                    returncode, executed = (int(x) for x in answer.split())
+                    break
+            else:
+                raise EOFError
+        except (OSError, EOFError):
+            returncode = proc.wait()
+            self._proc = None
+            lines.append(f"the DVC runner process exited with {returncode}")
+            raise classify_failure(stage, returncode or -1, "\n".join(lines)) from None
+        output = "\n".join(lines)
+        if returncode != 0:
+            raise classify_failure(stage, returncode, output)
+        return StageRun(stage=stage, executed=bool(executed), output=output)
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin:
+                proc.stdin.close()
+            proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+    def __enter__(self) -> DvcRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve() -> None:
+    """The helper's loop: read {"stage", "token"} lines, reproduce, answer `<token> <rc> <ran>`."""
+    from dvc.logger import setup
+    from dvc.repo import Repo
+
+    setup()  # DVC's own console output ("Running stage 'x':", errors), as the dvc command prints it
+    for request in sys.stdin:
+        req = json.loads(request)
+        returncode, executed = 0, False
+        try:
+            with Repo(".") as repo:  # a fresh Repo reads dvc.yaml and dvc.lock as they are now
+                executed = bool(repo.reproduce(req["stage"], single_item=True))
+        except Exception as exc:  # reported like the dvc command reports it: one ERROR line
+            returncode = 255
+            cause = f": {exc.__cause__}" if exc.__cause__ else ""
+            print(f"ERROR: {exc}{cause}", file=sys.stderr, flush=True)
+        sys.stderr.flush()
+        print(f"{req['token']} {returncode} {int(executed)}", flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    serve()

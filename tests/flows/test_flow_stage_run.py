@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pickle
+import threading
 
 import pytest
 
+from tests.conftest import run_cmd
 from tests.flows.conftest import inject, toy_runs
 
-from flows.stage_run import StageFailed, classify_failure, repro_stage, stage_error_line
+from flows.stage_run import DvcRunner, StageFailed, classify_failure, repro_stage, stage_error_line
 
 VALIDATE_FAILED = """\
 Running stage 'validate':
@@ -69,3 +71,38 @@ def test_repro_stage_failures(toy_repo):
     assert not crash.value.deterministic and "exited with 3" in str(crash.value)
     assert repro_stage(toy_repo, "a").executed
     assert toy_runs(toy_repo) == ["a:failed", "a:crashed", "a"]
+
+
+def test_dvc_runner_reproduces_stages_in_one_helper_process(toy_repo):
+    with DvcRunner(toy_repo) as runner:
+        lines: list[str] = []
+        assert runner.repro("a", on_line=lines.append).executed
+        assert "Running stage 'a':" in lines
+        helper = runner._proc
+        assert not runner.repro("a").executed  # up to date: DVC skips it
+
+        inject(toy_repo, "b", "always", "x0 has nulls")
+        with pytest.raises(StageFailed, match=r"^stage b: validation failed: x0 has nulls$") as det:
+            runner.repro("b")
+        assert det.value.deterministic
+        (toy_repo / "toy_fail/b.always").unlink()
+        inject(toy_repo, "b", "once")
+        with pytest.raises(StageFailed) as crash:
+            runner.repro("b")
+        assert not crash.value.deterministic and "exited with 3" in str(crash.value)
+        assert runner.repro("b").executed
+        assert runner._proc is helper  # one helper served every request
+
+        inject(toy_repo, "c", "sleep", "2")
+        threading.Timer(0.5, helper.kill).start()  # the helper dies in the middle of a stage
+        with pytest.raises(StageFailed, match="runner process exited") as dead:
+            runner.repro("c")
+        assert not dead.value.deterministic
+        (toy_repo / "toy_fail/c.sleep").unlink()
+        assert runner.repro("c").executed  # a new helper took over
+        assert runner._proc is not helper
+    assert helper.poll() is not None
+    assert toy_runs(toy_repo)[:4] == ["a", "b:failed", "b:crashed", "b"]
+    assert "up to date" not in run_cmd(["dvc", "status"], toy_repo).stdout  # d never ran
+    run_cmd(["dvc", "repro", "d"], toy_repo)
+    assert "up to date" in run_cmd(["dvc", "status"], toy_repo).stdout
