@@ -307,6 +307,28 @@ def test_dask_runner_on_a_local_cluster(swept, prefect_server):
     assert {t["params"]["lr"]: t["cached"] for t in result.trials} == {0.003: True, 0.01: False}
 
 
+def test_dask_runner_on_an_existing_scheduler(swept, prefect_server):
+    from distributed import LocalCluster
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class Finished(SchedulerPlugin):
+        def __init__(self):
+            self.keys = []
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if finish == "memory":
+                self.keys.append(key)
+
+    finished = Finished()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        cluster.scheduler.add_plugin(finished)
+        result = run_sweep(swept, grid={"optimizer": ["sgd"], "lr": [0.003, 0.02]}, workers=1,
+                           dask_address=cluster.scheduler_address)
+    assert len(finished.keys) == 2  # both trials ran on that cluster (one of them a cache hit)
+    assert [t["status"] for t in result.trials] == ["ok", "ok"]
+    assert {t["params"]["lr"]: t["cached"] for t in result.trials} == {0.003: True, 0.02: False}
+
+
 @pytest.mark.slow
 def test_process_pool_runner(swept, prefect_server):
     result = run_sweep(swept, grid={"optimizer": ["sgd"], "lr": [0.003, 0.005]}, runner="processes")
