@@ -44,6 +44,7 @@ class Comparison:
     target: float | None
     target_how: str
     loss: str  # mse | log_loss
+    notes: list[str]  # e.g. a best learning rate at the edge of its grid
 
 
 def compare_plan(base: TrainParams, cp: CompareParams) -> list[dict[str, Any]]:
@@ -92,9 +93,13 @@ def compare(trials: Sequence[dict[str, Any]], cp: CompareParams) -> Comparison:
     kept = best_per_optimizer(trials, cp.optimizers)
     target, how = target_value(kept, cp)
     loss = next((t["loss"] for t in trials), "mse")
-    rows = []
+    rows, notes = [], []
     for opt, t in kept.items():
         tried = [x for x in trials if x["params"]["optimizer"] == opt]
+        edge = grid_edge(t, tried)
+        if edge:
+            notes.append(f"{opt}: the best lr ({t['params']['lr']:g}) is the {edge} tried; the optimum may lie "
+                         f"beyond it (widen sweep.compare.lrs.{opt})")
         failed = sum(x["status"] != "ok" for x in tried)
         row: dict[str, Any] = {"optimizer": opt, "lr": t["params"]["lr"] if t["status"] == "ok" else None}
         if t["status"] == "ok":
@@ -109,7 +114,18 @@ def compare(trials: Sequence[dict[str, Any]], cp: CompareParams) -> Comparison:
         row["lrs_tried"] = " ".join(f"{x['params']['lr']:g}" for x in tried) + (f" ({failed} failed)" if failed else "")
         rows.append(row)
     rows.sort(key=lambda r: (r[f"final_val_{loss}"] is None, r[f"final_val_{loss}"] or 0.0))
-    return Comparison(rows, kept, target, how, loss)
+    return Comparison(rows, kept, target, how, loss, notes)
+
+
+def grid_edge(best: dict[str, Any], tried: Sequence[dict[str, Any]]) -> str | None:
+    """"largest" or "smallest" when the kept lr sits at that end of the lrs that trained."""
+    lrs = sorted({x["params"]["lr"] for x in tried if x["status"] == "ok"})
+    if best["status"] != "ok" or len(lrs) < 2:
+        return None
+    larger_failed = any(x["status"] != "ok" and x["params"]["lr"] > lrs[-1] for x in tried)
+    if best["params"]["lr"] == lrs[-1] and not larger_failed:  # a larger lr that diverged bounds it
+        return "largest"
+    return "smallest" if best["params"]["lr"] == lrs[0] else None
 
 
 # ---------------------------------------------------------------------------------- files
@@ -138,6 +154,7 @@ def report_markdown(c: Comparison, *, task: str, n_train: int | None = None,
     if noise_floor is not None:
         lines.append(f"Noise floor (irreducible {loss_name}): {noise_floor:.4g}.")
     lines += ["", markdown_table(c.rows)]
+    lines += [f"- {note}" for note in c.notes] + ([""] if c.notes else [])
     if workers and workers > 1:
         lines += [f"Seconds were measured with {workers} trials running at once on shared cores; "
                   "run with --workers 1 for cleaner timings.", ""]

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from stages.compare import best_per_optimizer, compare, compare_plan, reach, target_value
+from stages.compare import best_per_optimizer, compare, compare_plan, grid_edge, reach, target_value
 from stages.params import CompareParams, TrainParams
 from tests.flows.test_sweep import PARAMS_TEXT, make_workspace
 
@@ -56,6 +56,16 @@ def test_best_lr_target_and_time_to_target():
     assert (sgd["epochs_to_target"], sgd["best_val_mse"]) == (None, 1.5)
     assert (gd["verdict"], gd["lr"], gd["lrs_tried"]) == ("failed", None, "1 (1 failed)")
     assert adam["lrs_tried"] == "0.001 0.01 (1 failed)"
+    assert len(c.notes) == 1 and c.notes[0].startswith("sgd: the best lr (0.1) is the largest tried")
+
+
+def test_grid_edge():
+    low, mid, high, over = trial("x", 0.01, 2.0), trial("x", 0.03, 1.0), trial("x", 0.1, 1.5), trial("x", 0.3, None)
+    assert grid_edge(mid, [low, mid, high]) is None
+    assert grid_edge(low, [low, mid, high]) == "smallest"
+    assert grid_edge(high, [low, mid, high]) == "largest"
+    assert grid_edge(high, [low, mid, high, over]) is None  # a larger lr diverged: the edge is known
+    assert grid_edge(mid, [mid]) is None and grid_edge(over, [over]) is None
 
 
 def test_cli_compare_writes_chart_table_and_curves(tmp_path, prefect_server):
