@@ -131,15 +131,26 @@ def fit_scaling(model: nn.Module, x: np.ndarray, y: np.ndarray | None, scaling: 
         raise ValueError(f"scaling: unknown scaling {scaling!r} (allowed: standard, none)")
     if scaling == "none":
         return
-    x64 = np.asarray(x, dtype=np.float64)
-    std = x64.std(axis=0)
-    model.x_mean.copy_(torch.from_numpy(x64.mean(axis=0)))
+    mean, std = column_moments(x)
+    model.x_mean.copy_(torch.from_numpy(mean))
     model.x_std.copy_(torch.from_numpy(np.where(std > 0, std, 1.0)))
     if getattr(model, "task", None) == "regression" and y is not None:
         y64 = np.asarray(y, dtype=np.float64)
         y_std = float(y64.std())
         model.y_mean.fill_(float(y64.mean()))
         model.y_std.fill_(y_std if y_std > 0 else 1.0)
+
+
+def column_moments(x: np.ndarray, chunk_rows: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations (population) of x, rows x columns, in float64.
+
+    Two passes over chunks of rows: a float64 copy of the whole split (and numpy's float64
+    x - mean temporary) made fitting the scaling the train stage's peak memory (+1.3 GB at 10M rows)."""
+    x = np.asarray(x)
+    n, chunks = len(x), range(0, len(x), chunk_rows)
+    mean = sum(x[i : i + chunk_rows].sum(axis=0, dtype=np.float64) for i in chunks) / n
+    var = sum(np.square(x[i : i + chunk_rows] - mean).sum(axis=0) for i in chunks) / n
+    return mean, np.sqrt(var)
 
 
 def weight_tensors(model: nn.Module) -> list[nn.Parameter]:
