@@ -281,7 +281,7 @@ COMPARE_LRS: dict[str, tuple[float, ...]] = {
     "momentum": (0.01, 0.03, 0.1),  # momentum 0.9 multiplies the step by about 10
     "nesterov": (0.01, 0.03, 0.1),
     "adagrad": (0.01, 0.03, 0.1),
-    "rmsprop": (0.0001, 0.0003, 0.001),  # with momentum 0.9 (train.momentum)
+    "rmsprop": (0.00003, 0.0001, 0.0003),  # with momentum 0.9 (train.momentum)
     "adam": (0.0003, 0.001, 0.003),
     "adamw": (0.0003, 0.001, 0.003),
 }
