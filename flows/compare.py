@@ -13,8 +13,9 @@ from pathlib import Path
 from flows.sweep import RunOptions, call_flow, run_trials  # sets Prefect's env first
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from stages.compare import Comparison, compare, compare_plan, report_markdown, write_comparison
+from stages.compare import REPORT_PATH, Comparison, compare, compare_plan, report_markdown, write_comparison
 from stages.dataset import load_meta
+from stages.errors import FitlineError
 from stages.params import load_params
 from stages.sweep import check_validated, trial_params
 
@@ -66,4 +67,7 @@ def run_compare(root: str | Path = ".", *, runner: str | None = None, workers: i
     for overrides in compare_plan(params.train, params.sweep.compare):
         trial_params(params.train, overrides)
     check_validated(workspace)
-    return call_flow(compare_flow, options, root=str(workspace), workers=options.workers)
+    result = call_flow(compare_flow, options, root=str(workspace), workers=options.workers)
+    if not any(t["status"] == "ok" for t in result.comparison.kept.values()):
+        raise FitlineError(f"every optimizer failed at every learning rate; see {REPORT_PATH}")
+    return result

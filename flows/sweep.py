@@ -298,9 +298,10 @@ def run_sweep(root: str | Path = ".", *, grid: dict[str, list[Any]] | None = Non
     log.info("sweep: %s runner, %d workers", options.runner, options.workers)
     ranked = call_flow(sweep_flow, options, root=str(workspace), grid=grid)
     result = SweepResult(ranked, leaderboard_rows(ranked, keys), keys)
+    if result.best is None:
+        raise FitlineError(f"every trial failed (the first: {ranked[0]['error']}); see {LEADERBOARD_PATH}"
+                           + ("; params.yaml is left as it is" if apply else ""))
     if apply:
-        if result.best is None:
-            raise FitlineError("sweep --apply: every trial failed; params.yaml is left as it is")
         result.changed = apply_best(workspace / "params.yaml", result.best["params"])
     return result
 

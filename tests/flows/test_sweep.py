@@ -14,7 +14,7 @@ import yaml
 
 from flows.sweep import RunOptions, cache_storage, leaderboard_text, run_sweep, sweep_flow
 from stages import generate
-from stages.errors import DataError, ParamsError
+from stages.errors import DataError, FitlineError, ParamsError
 from stages.params import EvaluateParams, TrainParams, parse_params
 from stages.sweep import (
     apply_best,
@@ -286,6 +286,9 @@ def test_a_diverging_trial_is_ranked_last_not_fatal(tmp_path, prefect_server):
     assert [t["status"] for t in result.trials] == ["ok", "failed"]
     assert "diverged" in result.trials[1]["error"]
     assert result.rows[1]["status"] == "failed" and result.best["params"]["lr"] == 0.003
+    with pytest.raises(FitlineError, match=r"every trial failed \(the first: training diverged"):
+        run_sweep(ws, grid={"optimizer": ["sgd"], "lr": [100.0]}, apply=True)
+    assert (ws / "params.yaml").read_text() == PARAMS_TEXT.replace("lr: [0.003, 0.03]", "lr: [0.003, 100.0]")
 
 
 def test_bad_grid_and_unvalidated_data_fail_before_any_run(tmp_path):
