@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stages.artifacts import read_json
 from stages.errors import DataError
@@ -57,10 +59,46 @@ def frame_to_split(df: pd.DataFrame, meta: dict[str, Any], where: str = "data") 
     return Split(x=x, y=df[meta["target"]].to_numpy(y_dtype))
 
 
-def load_splits(data_dir: str | Path = DATA_DIR, meta: dict[str, Any] | None = None) -> dict[str, Split]:
-    """All three splits as arrays, in meta.json's column order."""
+def read_split(name: str, meta: dict[str, Any], data_dir: str | Path = DATA_DIR) -> Split:
+    """One split as arrays (what frame_to_split(read_split_frame(...)) gives), read one column of
+    one row group at a time straight into them.
+
+    The DataFrame route held the Arrow table, the DataFrame and the array at once, and Arrow's
+    allocator keeps what it frees: 2.2 GB of RSS for a 7M x 20 train split of 560 MiB; this way
+    the arrays plus one column chunk (640 MiB)."""
+    path = Path(data_dir) / f"{name}.parquet"
+    if not path.exists():
+        raise DataError(f"{path}: file not found (run the generate stage first)")
+    cols, target = [*meta["feature_names"]], meta["target"]
+    y_dtype = np.int64 if meta["task"] == "classification" else np.float32
+    try:
+        f = pq.ParquetFile(path)
+        missing = [c for c in [*cols, target] if c not in f.schema_arrow.names]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+        n = f.metadata.num_rows
+        x, y = np.empty((n, len(cols)), np.float32), np.empty(n, y_dtype)
+        start = 0
+        for group in range(f.metadata.num_row_groups):
+            stop = start + f.metadata.row_group(group).num_rows
+            for j, col in enumerate([*cols, target]):
+                values = f.read_row_group(group, columns=[col]).column(0)
+                if col != target:
+                    x[start:stop, j] = values.to_numpy()
+                elif values.null_count and y_dtype is np.int64:
+                    raise DataError(f"{path}: {values.null_count} missing class labels in column {target!r}")
+                else:
+                    y[start:stop] = values.to_numpy()
+            start = stop
+    except pa.ArrowException as exc:  # pyarrow raises several types for corrupt files
+        raise DataError(f"{path}: cannot read parquet: {str(exc).splitlines()[0]}") from None
+    except (ValueError, TypeError) as exc:  # a column that does not convert to numbers
+        raise DataError(f"{path}: non-numeric values in a feature or target column ({str(exc).splitlines()[0]})") from None
+    return Split(x=x, y=y)
+
+
+def load_splits(data_dir: str | Path = DATA_DIR, meta: dict[str, Any] | None = None,
+                names: tuple[str, ...] = SPLITS) -> dict[str, Split]:
+    """The splits `names` (default all three) as arrays, in meta.json's column order."""
     meta = meta if meta is not None else load_meta(data_dir)
-    return {
-        name: frame_to_split(read_split_frame(name, data_dir), meta, str(Path(data_dir) / f"{name}.parquet"))
-        for name in SPLITS
-    }
+    return {name: read_split(name, meta, data_dir) for name in names}

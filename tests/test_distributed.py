@@ -10,14 +10,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 from stages import distributed
-from stages.dataset import load_meta, load_splits
+from stages.dataset import frame_to_split, load_meta, load_splits, read_split, read_split_frame
 from stages.distributed import DataParallel, DistributedError, World, env_world, eval_block, pick_backend, shard_epoch
-from stages.errors import ParamsError
+from stages.errors import DataError, ParamsError
 from stages.generate import run as generate
 from stages.models import build_model, load_model
 from stages.params import DataParams, TrainParams
@@ -117,6 +118,40 @@ def test_process_group_outside_a_launcher_is_a_single_process() -> None:
     with distributed.process_group("auto", "cpu", env={}) as world:
         assert world == distributed.SINGLE
         assert not torch.distributed.is_initialized()
+
+
+# ------------------------------------------- loading splits at scale (stages/dataset.read_split)
+# (here because the scale work of this issue changed the loader; they belong with dataset.py)
+
+
+@pytest.mark.parametrize("kind", ["friedman", "classification"])
+def test_read_split_gives_what_the_dataframe_route_gives(tmp_path: Path, kind: str) -> None:
+    meta = generate(DataParams(kind=kind, n_samples=3000, chunk_rows=1000, noise=0.1), tmp_path)  # 3 row groups
+    for name in ("train", "val", "test"):
+        got, want = read_split(name, meta, tmp_path), frame_to_split(read_split_frame(name, tmp_path), meta)
+        assert got.x.dtype == want.x.dtype == np.float32 and got.y.dtype == want.y.dtype
+        assert np.array_equal(got.x, want.x) and np.array_equal(got.y, want.y)
+    shuffled = {**meta, "feature_names": meta["feature_names"][::-1]}  # meta's column order, not the file's
+    assert np.array_equal(read_split("val", shuffled, tmp_path).x, read_split("val", meta, tmp_path).x[:, ::-1])
+    assert list(load_splits(tmp_path, meta, names=("val",))) == ["val"]
+
+
+def test_read_split_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
+    meta = {"task": "classification", "feature_names": ["a", "b"], "target": "label", "classes": [0, 1]}
+    with pytest.raises(DataError, match=r"train\.parquet: file not found"):
+        read_split("train", meta, tmp_path)
+    pd.DataFrame({"a": [1.0, 2.0], "label": [0, 1]}).to_parquet(tmp_path / "train.parquet")
+    with pytest.raises(DataError, match=r"train\.parquet: missing column\(s\) b"):
+        read_split("train", meta, tmp_path)
+    pd.DataFrame({"a": [1.0, 2.0], "b": [0.5, 0.1], "label": pd.array([0, None], dtype="Int64")}).to_parquet(tmp_path / "train.parquet")
+    with pytest.raises(DataError, match="1 missing class labels in column 'label'"):
+        read_split("train", meta, tmp_path)
+    pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"], "label": [0, 1]}).to_parquet(tmp_path / "train.parquet")
+    with pytest.raises(DataError, match="non-numeric values"):
+        read_split("train", meta, tmp_path)
+    (tmp_path / "train.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match=r"train\.parquet: cannot read parquet"):
+        read_split("train", meta, tmp_path)
 
 
 # --------------------------------------------------------------------------- real gloo runs
