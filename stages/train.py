@@ -97,6 +97,12 @@ def model_config(p: TrainParams, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _on_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`a` as a tensor on `device`: on CPU it shares numpy's memory (nothing here writes to its
+    inputs); copied for another device, or when `a` is read-only (a view of a parquet buffer)."""
+    return torch.from_numpy(a).to(device) if a.flags.writeable else torch.tensor(a, device=device)
+
+
 def check_splits(splits: dict[str, Split], cfg: dict[str, Any]) -> None:
     """Shapes, finiteness and label range: a bad split is a DataError, not a NaN loss later."""
     for name in ("train", "val"):
@@ -126,8 +132,8 @@ def run_fingerprint(p: TrainParams, splits: dict[str, Split], cfg: dict[str, Any
             "device": device.type, "torch": torch.__version__, "world": distributed.current().size}
     h.update(json.dumps(head, sort_keys=True).encode())
     for name in ("train", "val"):
-        h.update(np.ascontiguousarray(splits[name].x).tobytes())
-        h.update(np.ascontiguousarray(splits[name].y).tobytes())
+        h.update(np.ascontiguousarray(splits[name].x))  # the buffer itself, not a bytes copy of the split
+        h.update(np.ascontiguousarray(splits[name].y))
     for module in (models, optim, sys.modules[__name__]):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()
@@ -276,11 +282,8 @@ def train_model(
             if isinstance(m, SeededDropout):
                 m.generator = gens["dropout"]
 
-    # copies: the arrays may be read-only views of parquet buffers
-    x_train = torch.tensor(splits["train"].x, device=device)
-    y_train = torch.tensor(splits["train"].y, device=device)
-    x_val = torch.tensor(splits["val"].x, device=device)
-    y_val = torch.tensor(splits["val"].y, device=device)
+    x_train, y_train = _on_device(splits["train"].x, device), _on_device(splits["train"].y, device)
+    x_val, y_val = _on_device(splits["val"].x, device), _on_device(splits["val"].y, device)
     eval_loss_fn = make_loss(cfg["loss"], p.huber_delta)
     if cfg["task"] == "regression":
         # the optimiser works on the standardised target; the objective is the same up to
@@ -404,7 +407,7 @@ def main() -> None:
         return
     with distributed.process_group(dist_p.backend, params.train.device) as world:
         meta = load_meta()
-        splits = load_splits(meta=meta)
+        splits = load_splits(meta=meta, names=("train", "val"))  # test is not this stage's input
         from dvclive import Live  # imported here: train_model itself needs no dvclive
 
         # rank 0 alone writes files; the others train their shards and read the checkpoint
