@@ -150,14 +150,15 @@ class DvcWorkspace:
     """One DVC Repo on a workspace, with the stage states computed from it.
 
     Opening a Repo and loading dvc.yaml + dvc.lock costs 0.1-0.4 s, so a flow run keeps one
-    and computes every stage's state in one pass; `invalidate()` after anything changed the
-    workspace (a stage ran, outs were checked out) makes the next call read it anew.
+    for all its stages; `invalidate()` after anything changed the workspace (a stage ran, outs
+    were checked out) makes the next call read it anew.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
         self._repo: Any = None
-        self._states: dict[str, StageState] | None = None
+        self._by_name: dict[str, Any] | None = None
+        self._states: dict[str, StageState] = {}
 
     @property
     def repo(self) -> Any:
@@ -174,7 +175,8 @@ class DvcWorkspace:
         if self._repo is not None:
             self._repo.close()
         self._repo = None
-        self._states = None
+        self._by_name = None
+        self._states = {}
 
     def __enter__(self) -> DvcWorkspace:
         return self
@@ -185,18 +187,24 @@ class DvcWorkspace:
     def nodes(self) -> list[StageNode]:
         return stage_nodes(self.repo)
 
-    def states(self) -> dict[str, StageState]:
-        """Every pipeline stage's state, computed once until `invalidate()`."""
-        if self._states is None:
+    def _stages(self) -> dict[str, Any]:
+        if self._by_name is None:
             repo = self.repo
-            self._states = {stage_address(repo, s): _state(repo, s) for s in _pipeline_stages(repo)}
-        return self._states
+            self._by_name = {stage_address(repo, s): s for s in _pipeline_stages(repo)}
+        return self._by_name
 
     def state(self, name: str) -> StageState:
-        states = self.states()
-        if name not in states:
-            raise KeyError(f"no stage {name} in dvc.yaml (stages: {', '.join(states)})")
-        return states[name]
+        """One stage's state, computed once until `invalidate()`. Only that stage's deps and
+        outs are hashed: an upstream's large output folder is not looked at again."""
+        if name not in self._states:
+            stages = self._stages()
+            if name not in stages:
+                raise KeyError(f"no stage {name} in dvc.yaml (stages: {', '.join(stages)})")
+            self._states[name] = _state(self.repo, stages[name])
+        return self._states[name]
+
+    def states(self) -> dict[str, StageState]:
+        return {name: self.state(name) for name in self._stages()}
 
     def checkout(self, name: str) -> None:
         """Restore a stage's outs from DVC's cache to what dvc.lock records (`dvc checkout <name>`)."""

@@ -164,7 +164,8 @@ def run_stage(stage: str, root: str) -> dict[str, Any]:
         run = runner.repro(stage, on_line=logger.info) if runner else repro_stage(root, stage, on_line=logger.info)
         if not run.executed:
             logger.info("%s: DVC restored it from its run-cache or found it up to date", stage)
-        return stage_result(stage, ws.state(stage).fingerprint, executed=run.executed)
+        # no fingerprint: the stage just changed, and its new state is keyed by the next run
+        return stage_result(stage, None, executed=run.executed)
 
 
 def _tag_flow_run(tag: str) -> None:

@@ -2,8 +2,7 @@
 
 Running through DVC leaves dvc.lock and DVC's cache exactly as `dvc repro` leaves them. Two
 ways: `repro_stage` starts the `dvc` command for one stage; a `DvcRunner` keeps one helper
-process (`python -m flows.stage_run --serve`) that calls DVC's Python API for each stage it
-is sent, so a flow run pays the Python + DVC start (about 1 s here) once, not once per stage. Stage entry points report expected errors (bad params, failed validation, a
+process that calls DVC's Python API for each stage it is sent, so a flow run pays the Python + DVC start (about 1 s here) once, not once per stage. Stage entry points report expected errors (bad params, failed validation, a
 diverged run) as one line `fitline <stage>: error: <message>` on stderr (stages/errors.py);
 such a failure is deterministic and retrying it cannot help. Anything else (a killed process,
 DVC's repo lock held by another process, an OSError) may pass and is worth a retry.
@@ -113,6 +112,27 @@ def repro_stage(root: str | os.PathLike[str], stage: str,
     return StageRun(stage=stage, executed=executed, output=output)
 
 
+# The helper's code. Passed with -c rather than run as `-m flows.<module>`: the helper runs in
+# the workspace, and a workspace may hold its own (older) copy of this package.
+_HELPER = """
+import json, sys
+from dvc.repo import Repo  # importing dvc sets up its console output, as the dvc command prints it
+
+for request in sys.stdin:
+    req = json.loads(request)
+    returncode, executed = 0, False
+    try:
+        with Repo(".") as repo:  # a fresh Repo reads dvc.yaml and dvc.lock as they are now
+            executed = bool(repo.reproduce(req["stage"], single_item=True))
+    except Exception as exc:  # reported like the dvc command reports it: one ERROR line
+        returncode = 255
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        print(f"ERROR: {exc}{cause}", file=sys.stderr, flush=True)
+    sys.stderr.flush()
+    print(f"{req['token']} {returncode} {int(executed)}", flush=True)
+"""
+
+
 class DvcRunner:
     """One helper process that reproduces stages through DVC's Python API, one at a time.
 
@@ -128,7 +148,7 @@ class DvcRunner:
     def _start(self) -> subprocess.Popen[str]:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "flows.stage_run", "--serve"], cwd=self.root, env=dvc_env(),
+                [sys.executable, "-c", _HELPER], cwd=self.root, env=dvc_env(),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 text=True, errors="replace", bufsize=1)
         return self._proc
@@ -181,27 +201,3 @@ class DvcRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def serve() -> None:
-    """The helper's loop: read {"stage", "token"} lines, reproduce, answer `<token> <rc> <ran>`."""
-    from dvc.logger import setup
-    from dvc.repo import Repo
-
-    setup()  # DVC's own console output ("Running stage 'x':", errors), as the dvc command prints it
-    for request in sys.stdin:
-        req = json.loads(request)
-        returncode, executed = 0, False
-        try:
-            with Repo(".") as repo:  # a fresh Repo reads dvc.yaml and dvc.lock as they are now
-                executed = bool(repo.reproduce(req["stage"], single_item=True))
-        except Exception as exc:  # reported like the dvc command reports it: one ERROR line
-            returncode = 255
-            cause = f": {exc.__cause__}" if exc.__cause__ else ""
-            print(f"ERROR: {exc}{cause}", file=sys.stderr, flush=True)
-        sys.stderr.flush()
-        print(f"{req['token']} {returncode} {int(executed)}", flush=True)
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
-    serve()
