@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from stages.artifacts import atomic_path, write_json
-from stages.dataset import DATA_DIR, Split, frame_to_split, load_meta, read_split_frame
+from stages.dataset import DATA_DIR, Split, load_meta, load_splits
 from stages.errors import DataError, ExportError, run_main
 from stages.metrics import regression_metrics
 from stages.models import load_model
@@ -281,8 +281,9 @@ def main() -> None:
     meta = load_meta(DATA_DIR)
     model, cfg = load_model(MODEL_PT)
     check_features(cfg, meta)
-    # train (static calibration) and test only: val is not a dependency of this stage
-    splits = {s: frame_to_split(read_split_frame(s, DATA_DIR), meta, str(DATA_DIR / f"{s}.parquet")) for s in ("train", "test")}
+    # test, and train for static calibration only: val is not a dependency of this stage
+    names = ("train", "test") if params.export.quantization == "static" else ("test",)
+    splits = load_splits(DATA_DIR, meta, names=names)
     metrics = run(params.export, model, cfg, splits)
     write_json(METRICS_FILE, metrics)
     log.info("wrote %s, %s and %s", MODELS_DIR / FP32_NAME, MODELS_DIR / INT8_NAME, METRICS_FILE)
