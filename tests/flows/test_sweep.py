@@ -7,6 +7,7 @@ import csv
 import difflib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -215,13 +216,20 @@ def test_apply_best_writes_only_changed_keys_and_refuses_invalid(tmp_path):
 # ------------------------------------------------------------------------------ the flow
 
 
-def _task_run_states(flow_run_id) -> list[str]:
+def _task_run_states(flow_run_id, count: int, timeout: float = 30.0) -> list[str]:
+    """The final states of a flow run's task runs, as the API has them. Task run states reach the
+    server through Prefect's event stream, a moment after the flow returns: poll (bounded)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return sorted(r.state.name for r in runs)
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            states = sorted(r.state.name for r in runs if r.state is not None)
+            if (len(states) == count and all(r.state.is_final() for r in runs)) or time.monotonic() > deadline:
+                return states
+            time.sleep(0.5)
 
 
 def test_2x2_grid_leaderboard_then_a_rerun_is_all_cache_hits(first_sweep):
@@ -241,7 +249,7 @@ def test_2x2_grid_leaderboard_then_a_rerun_is_all_cache_hits(first_sweep):
     # the same grid again: every trial is a cache hit, by the API's own account
     options = RunOptions.resolve(parse_params(yaml.safe_load(PARAMS_TEXT)))
     state = sweep_flow.with_options(task_runner=options.task_runner())(root=str(swept), return_state=True)
-    assert _task_run_states(state.state_details.flow_run_id) == ["Cached"] * 4
+    assert _task_run_states(state.state_details.flow_run_id, 4) == ["Cached"] * 4
     again = state.result()
     assert all(t["cached"] for t in again)
     assert [(t["params"], t["val"], t["seconds"]) for t in again] == \
