@@ -1,13 +1,14 @@
 """Benchmark: the Prefect flow vs `dvc repro`, cold and no-op, on the same params.
 
-    .venv/bin/python -m benchmarks.flow_vs_dvc [--repeats 3] [--small] [--skip-cold] [--json out.json]
+    .venv/bin/python -m benchmarks.flow_vs_dvc [--repeats 3] [--cold-repeats 2] [--small] [--skip-cold] [--json out.json]
 
 Each measurement runs in a fresh temporary git + DVC copy of the project (tests/conftest.py),
 as a separate process, timed wall-clock from start to exit:
 
 - `dvc repro` cold (nothing computed yet) and no-op (everything up to date);
-- `python -m flows.pipeline` cold and no-op with a running `prefect server start` (127.0.0.1,
-  started here and stopped after), and no-op right after a `dvc repro` (DVC's records adopted);
+- the flow in a new Python process, cold and no-op, with a running `prefect server start`
+  (127.0.0.1, started here and stopped after), and no-op right after a `dvc repro` (DVC's
+  records adopted); cold and no-op runs alternate with the `dvc repro` ones;
 - the same flow in ephemeral mode (no server: each process starts a temporary one).
 
 The flow processes also report how long `import flows.pipeline` and the flow call took, so the
@@ -131,28 +132,32 @@ def bench_params(small: bool) -> str:
     return yaml.safe_dump(params, sort_keys=False)
 
 
-def run(repeats: int, small: bool, cold: bool) -> dict:
+def run(repeats: int, cold_repeats: int, small: bool, cold: bool) -> dict:
     from tests.conftest import make_pipeline_repo
 
     params = bench_params(small)
-    results: dict = {"repeats": repeats, "small_params": small}
+    results: dict = {"repeats": repeats, "cold_repeats": cold_repeats, "small_params": small,
+                     "dvc_cold": [], "flow_cold": []}
     with tempfile.TemporaryDirectory(prefix="fitline-bench-") as tmp:
         tmp_path = Path(tmp)
         home = tmp_path / "prefect-home"
         home.mkdir()
-        dvc_repo = make_pipeline_repo(tmp_path / "dvc", params)
-        flow_repo = make_pipeline_repo(tmp_path / "flow", params)
         eph_repo = make_pipeline_repo(tmp_path / "ephemeral", params)
-
-        print("dvc repro, cold ...", flush=True)
-        results["dvc_cold"] = dvc_repro(dvc_repo)
-        results["dvc_noop"] = [dvc_repro(dvc_repo) for _ in range(repeats)]
-
         with prefect_server(home) as url:
             served = _env(PREFECT_HOME=str(home), PREFECT_API_URL=url)
-            print("flow with a running server, cold ...", flush=True)
-            results["flow_cold"] = flow_run(flow_repo, served)
-            results["flow_noop"] = [flow_run(flow_repo, served) for _ in range(repeats)]
+            # cold runs alternate between the two tools, each on a fresh copy, so a change in
+            # the machine's load during the benchmark hits both alike
+            for i in range(cold_repeats):
+                dvc_repo = make_pipeline_repo(tmp_path / f"dvc{i}", params)
+                flow_repo = make_pipeline_repo(tmp_path / f"flow{i}", params)
+                print(f"cold run {i + 1}/{cold_repeats}: dvc repro, then the flow (server running) ...", flush=True)
+                results["dvc_cold"].append(dvc_repro(dvc_repo))
+                results["flow_cold"].append(flow_run(flow_repo, served))
+            noop_dvc, noop_flow = [], []
+            for _ in range(repeats):  # interleaved as well
+                noop_dvc.append(dvc_repro(dvc_repo))
+                noop_flow.append(flow_run(flow_repo, served))
+            results["dvc_noop"], results["flow_noop"] = noop_dvc, noop_flow
             results["flow_after_dvc_repro"] = flow_run(dvc_repo, served)
 
         ephemeral = _env(PREFECT_HOME=str(home))
@@ -174,7 +179,7 @@ def report(r: dict) -> str:
     flow_noop = _median(r["flow_noop"])
     lines = [
         f"{'measurement':44} {'wall s':>8} {'import s':>9} {'flow s':>8}",
-        f"{'dvc repro, cold':44} {r['dvc_cold']['wall_s']:8.2f}",
+        f"{'dvc repro, cold (median)':44} {_median(r['dvc_cold']):8.2f}",
         f"{'dvc repro, no-op (median)':44} {dvc_noop:8.2f}",
     ]
 
@@ -182,7 +187,7 @@ def report(r: dict) -> str:
         runs = x if isinstance(x, list) else [x]
         lines.append(f"{label:44} {_median(runs):8.2f} {_median(runs, 'import_s'):9.2f} {_median(runs, 'flow_s'):8.2f}")
 
-    row("flow, server running, cold", r["flow_cold"])
+    row("flow, server running, cold (median)", r["flow_cold"])
     row("flow, server running, no-op (median)", r["flow_noop"])
     row("flow, server running, after dvc repro", r["flow_after_dvc_repro"])
     if "ephemeral_cold" in r:
@@ -190,8 +195,10 @@ def report(r: dict) -> str:
     row("flow, ephemeral, no-op (median)", r["ephemeral_noop"])
     lines.append("")
     lines.append(f"no-op ratio (server running): {flow_noop / dvc_noop:.2f}x  (target <= 2x)")
-    lines.append(f"cold ratio (server running):  {r['flow_cold']['wall_s'] / r['dvc_cold']['wall_s']:.2f}x  "
+    lines.append(f"cold ratio (server running):  {_median(r['flow_cold']) / _median(r['dvc_cold']):.2f}x  "
                  "(target <= 1.2x)")
+    lines.append(f"no-op ratio of the flow call alone (process start and imports left out): "
+                 f"{_median(r['flow_noop'], 'flow_s') / dvc_noop:.2f}x")
     lines.append(f"states of the no-op runs: {r['flow_noop'][0]['states']}")
     lines.append(f"states after dvc repro:   {r['flow_after_dvc_repro']['states']}")
     return "\n".join(lines)
@@ -200,11 +207,12 @@ def report(r: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3, help="no-op runs of each kind (median reported)")
+    p.add_argument("--cold-repeats", type=int, default=2, help="cold runs of dvc repro and of the flow")
     p.add_argument("--small", action="store_true", help="the tests' small params instead of params.yaml")
     p.add_argument("--skip-cold", action="store_true", help="skip the cold ephemeral flow run")
     p.add_argument("--json", type=Path, help="also write the raw results here")
     args = p.parse_args(argv)
-    results = run(args.repeats, args.small, cold=not args.skip_cold)
+    results = run(args.repeats, args.cold_repeats, args.small, cold=not args.skip_cold)
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
