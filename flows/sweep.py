@@ -26,6 +26,9 @@ from typing import Any
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# Idle OpenMP threads sleep instead of spinning: trials share the cores with each other (and
+# the train stage sets the same in dvc.yaml). Read once, when torch first loads, after this.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from prefect import flow, get_run_logger, task, unmapped  # noqa: E402
 from prefect.artifacts import create_table_artifact  # noqa: E402
