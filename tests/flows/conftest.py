@@ -3,11 +3,11 @@ session, and a tiny DVC pipeline (four stdlib-only stages) in a temporary git + 
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 # Prefect reads its settings when first imported: point it at a throwaway home first, so the
@@ -15,6 +15,7 @@ from pathlib import Path
 if "prefect" in sys.modules:  # pragma: no cover - a guard, not a code path
     raise RuntimeError("prefect was imported before tests/flows/conftest.py could isolate PREFECT_HOME")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="fitline-prefect-home-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("PREFECT_PROFILES_PATH", None)
