@@ -66,6 +66,8 @@ def run(
     retry_delay: float = typer.Option(5.0, "--retry-delay", min=0, help="first retry delay in seconds (doubles)."),
     lock_timeout: float = typer.Option(600.0, "--lock-timeout", min=0,
                                        help="seconds to wait for another flow run on this workspace."),
+    pull: bool = typer.Option(False, "--pull", help="dvc pull from the default DVC remote before the run."),
+    push: bool = typer.Option(False, "--push", help="dvc push to the default DVC remote after the run."),
 ) -> None:
     """Run the pipeline as a Prefect flow (the same as `python -m flows.pipeline`)."""
     from stages.errors import FitlineError
@@ -73,7 +75,7 @@ def run(
     from flows.pipeline import run_pipeline
 
     try:
-        run_pipeline(root, retries, retry_delay, lock_timeout)
+        run_pipeline(root, retries, retry_delay, lock_timeout, pull=pull, push=push)
     except FitlineError as exc:
         typer.echo(f"fitline run: error: {exc}", err=True)
         raise typer.Exit(1) from None

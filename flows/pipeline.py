@@ -26,6 +26,8 @@ import argparse
 import contextlib
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +170,33 @@ def run_stage(stage: str, root: str) -> dict[str, Any]:
         return stage_result(stage, None, executed=run.executed)
 
 
+def require_default_remote(root: Path) -> str:
+    """The workspace's default DVC remote; pull/push without one would quietly do nothing."""
+    from dvc.repo import Repo
+
+    from stages.errors import FitlineError
+
+    with Repo(str(root)) as repo:
+        name = repo.config["core"].get("remote")
+    if not name:
+        raise FitlineError(f"{root}: --pull/--push need a default DVC remote "
+                           "(dvc remote add -d storage s3://bucket/path, then commit .dvc/config)")
+    return name
+
+
+@task(name="dvc-remote", task_run_name="dvc {command}", retries=2,
+      retry_delay_seconds=exponential_backoff(backoff_factor=5))
+def sync_remote(root: str, command: str) -> None:
+    """`dvc pull` before a run (what another worker pushed is fetched, not recomputed; what the
+    remote lacks is left to the stages) or `dvc push` after it, to the default DVC remote."""
+    args = [sys.executable, "-m", "dvc", command, *(["--allow-missing"] if command == "pull" else [])]
+    proc = subprocess.run(args, cwd=root, capture_output=True, text=True)
+    get_run_logger().info("dvc %s: %s", command, (proc.stdout.strip().splitlines() or ["done"])[-1])
+    if proc.returncode:
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or proc.stderr.splitlines()[-1:]
+        raise RuntimeError(f"dvc {command} failed (exit {proc.returncode}): {' '.join(errors)[:500]}")
+
+
 def _tag_flow_run(tag: str) -> None:
     """Add `tag` to the current flow run (a deployment's run is created before we know the commit)."""
     ctx = FlowRunContext.get()
@@ -184,7 +213,7 @@ def _tag_flow_run(tag: str) -> None:
 
 @flow(name=FLOW_NAME)
 def training_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: float = 5.0,
-                      lock_timeout_seconds: float = 600.0) -> dict[str, str]:
+                      lock_timeout_seconds: float = 600.0, pull: bool = False, push: bool = False) -> dict[str, str]:
     """Run every stage of dvc.yaml in dependency order; return each stage's final state name.
 
     Args:
@@ -192,6 +221,8 @@ def training_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: fl
         retries: retries of a stage after a transient failure.
         retry_delay_seconds: the first retry's delay; each further retry doubles it.
         lock_timeout_seconds: how long to wait for another flow run on this workspace.
+        pull, push: `dvc pull` from the default DVC remote before the stages, `dvc push` after
+            them, so runs on any worker share one artifact cache.
     """
     logger = get_run_logger()
     workspace = Path(root).resolve()
@@ -202,9 +233,15 @@ def training_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: fl
         retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_seconds),
         result_storage=cache_storage(workspace),
     )
+    sync = sync_remote.with_options(retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_seconds))
+    if pull or push:
+        logger.info("DVC remote: %s", require_default_remote(workspace))
     states: dict[str, str] = {}
     with workspace_lock(workspace, timeout=lock_timeout_seconds, on_wait=logger.warning), \
             shared_dvc_workspace(workspace) as ws:
+        if pull:
+            sync(str(workspace), "pull")
+            ws.invalidate()
         for node in ws.nodes():
             state = stage_task(node.name, str(workspace), return_state=True)
             states[node.name] = state.name
@@ -215,6 +252,8 @@ def training_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: fl
         flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
         row = metrics_row(workspace, commit, ws.metrics_paths(), flow_run=flow_run_id)
         record_run(row, states)
+        if push:
+            sync(str(workspace), "push")
         prune_cache(workspace)
     logger.info("stages: %s", ", ".join(f"{k}={v}" for k, v in states.items()))
     return states
@@ -227,30 +266,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retry-delay", type=float, default=5.0, help="first retry delay in seconds (doubles)")
     p.add_argument("--lock-timeout", type=float, default=600.0,
                    help="seconds to wait for another flow run on the same workspace")
+    p.add_argument("--pull", action="store_true", help="dvc pull from the default remote before the run")
+    p.add_argument("--push", action="store_true", help="dvc push to the default remote after the run")
     return p.parse_args(argv)
 
 
 def run_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: float = 5.0,
-                 lock_timeout_seconds: float = 600.0) -> dict[str, str]:
+                 lock_timeout_seconds: float = 600.0, pull: bool = False, push: bool = False) -> dict[str, str]:
     """Run the flow (what `fitline run` and `python -m flows.pipeline` do)."""
     from prefect import tags
 
     workspace = Path(root).resolve()
     with tags(git_commit(workspace).tag):
         return training_pipeline(root=str(workspace), retries=retries, retry_delay_seconds=retry_delay_seconds,
-                                 lock_timeout_seconds=lock_timeout_seconds)
+                                 lock_timeout_seconds=lock_timeout_seconds, pull=pull, push=push)
 
 
 def serve_pipeline(root: str = ".", cron: str = NIGHTLY_CRON, name: str = "fitline-nightly",
-                   retries: int = 2) -> None:
+                   retries: int = 2, pull: bool = False, push: bool = False) -> None:
     """Serve the flow from this process on a cron schedule (blocks; Ctrl-C stops it)."""
     training_pipeline.serve(name=name, cron=cron, tags=["fitline"],
-                            parameters={"root": str(Path(root).resolve()), "retries": retries})
+                            parameters={"root": str(Path(root).resolve()), "retries": retries, "pull": pull, "push": push})
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    run_pipeline(args.root, args.retries, args.retry_delay, args.lock_timeout)
+    run_pipeline(args.root, args.retries, args.retry_delay, args.lock_timeout, pull=args.pull, push=args.push)
 
 
 if __name__ == "__main__":
