@@ -168,13 +168,13 @@ def chart_png(c: Comparison, dest: str | Path) -> None:
 
     fig = Figure(figsize=(12, 4.8))
     by_epoch, by_time = fig.subplots(1, 2, sharey=True)
-    positive = True
+    positive, lowest = True, math.inf
     for opt, t in c.kept.items():
         history = t.get("history") or []
         if not history:
             continue
         val = [r["val_loss"] for r in history]
-        positive = positive and min(val) > 0
+        positive, lowest = positive and min(val) > 0, min(lowest, min(val))
         label = f"{opt} (lr {t['params']['lr']:g})"
         line, = by_epoch.plot([r["epoch"] for r in history], val, label=label, linewidth=1.3)
         by_time.plot([r["seconds"] for r in history], val, label=label, color=line.get_color(), linewidth=1.3)
@@ -186,6 +186,9 @@ def chart_png(c: Comparison, dest: str | Path) -> None:
         ax.grid(True, alpha=0.3)
         if positive:
             ax.set_yscale("log")
+    if positive and c.target is not None and math.isfinite(lowest):
+        # the race is near the target: the first epochs of a slow optimizer would squash it
+        by_epoch.set_ylim(0.9 * min(lowest, c.target), 10 * c.target)
     by_epoch.set_ylabel(f"val {loss_name}")
     by_epoch.set_title(f"val {loss_name} per epoch")
     by_time.set_title(f"val {loss_name} against wall time")
