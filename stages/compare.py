@@ -156,8 +156,8 @@ def report_markdown(c: Comparison, *, task: str, n_train: int | None = None,
     lines += ["", markdown_table(c.rows)]
     lines += [f"- {note}" for note in c.notes] + ([""] if c.notes else [])
     if workers and workers > 1:
-        lines += [f"Seconds were measured with {workers} trials running at once on shared cores; "
-                  "run with --workers 1 for cleaner timings.", ""]
+        lines += [f"Seconds were measured with {workers} trials running at once, sharing this machine's cores: "
+                  "compare them within one run, not across machines or loads.", ""]
     lines += ["Figures: compare.png (val loss vs epoch and vs seconds), curves in compare.csv.", ""]
     return "\n".join(lines)
 
