@@ -12,8 +12,9 @@ How a run stays equal to single-process training (`DataParallel`): every rank bu
 model from the same seed and draws the same seeded permutation each epoch. The global batch is
 `train.batch_size` as in a single process; step k's global batch perm[kB:(k+1)B] is cut into
 `world` contiguous pieces, rank r takes piece r. Each rank's mean loss is scaled by
-rows_r * world / rows_of_the_step, so DDP's gradient average is exactly the global batch's mean
-gradient (a short last batch cut unevenly too); a rank left without rows in a tiny last batch
+rows_r * world / rows_of_the_step, so DDP's gradient average is the global batch's mean gradient
+(a short last batch cut unevenly too; equal up to the order of float32 sums, which Adam can
+amplify over many steps, see tests/test_distributed.py); a rank left without rows in a tiny last batch
 takes one row at scale 0, so every rank makes the same number of steps (DDP all-reduces in
 every backward and would hang otherwise). The penalty gradient is added after backward, i.e.
 after the all-reduce, on identical weights: the same on every rank, as in one process. Whole-
