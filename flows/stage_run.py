@@ -52,6 +52,10 @@ class StageRun:
     output: str
 
 
+def _ran(stage: str, output: str) -> bool:
+    return any(m == stage for m in _RAN.findall(output))
+
+
 def stage_error_line(stage: str, output: str) -> str | None:
     """The stage's own `fitline <stage>: error: ...` line, if it printed one."""
     pattern = re.compile(rf"^fitline {re.escape(stage)}: error: .*$", re.M)
@@ -108,8 +112,7 @@ def repro_stage(root: str | os.PathLike[str], stage: str,
     output = "\n".join(lines)
     if returncode != 0:
         raise classify_failure(stage, returncode, output)
-    executed = any(m == stage for m in _RAN.findall(output))
-    return StageRun(stage=stage, executed=executed, output=output)
+    return StageRun(stage=stage, executed=_ran(stage, output), output=output)
 
 
 # The helper's code. Passed with -c rather than run as `-m flows.<module>`: the helper runs in
@@ -120,16 +123,16 @@ from dvc.repo import Repo  # importing dvc sets up its console output, as the dv
 
 for request in sys.stdin:
     req = json.loads(request)
-    returncode, executed = 0, False
+    returncode = 0
     try:
         with Repo(".") as repo:  # a fresh Repo reads dvc.yaml and dvc.lock as they are now
-            executed = bool(repo.reproduce(req["stage"], single_item=True))
+            repo.reproduce(req["stage"], single_item=True)
     except Exception as exc:  # reported like the dvc command reports it: one ERROR line
         returncode = 255
         cause = f": {exc.__cause__}" if exc.__cause__ else ""
         print(f"ERROR: {exc}{cause}", file=sys.stderr, flush=True)
     sys.stderr.flush()
-    print(f"{req['token']} {returncode} {int(executed)}", flush=True)
+    print(f"{req['token']} {returncode}", flush=True)
 """
 
 
@@ -168,7 +171,7 @@ class DvcRunner:
                     lines.append(line)
                     on_line(line)
                 if answer:
-                    returncode, executed = (int(x) for x in answer.split())
+                    returncode = int(answer)
                     break
             else:
                 raise EOFError
@@ -180,7 +183,7 @@ class DvcRunner:
         output = "\n".join(lines)
         if returncode != 0:
             raise classify_failure(stage, returncode, output)
-        return StageRun(stage=stage, executed=bool(executed), output=output)
+        return StageRun(stage=stage, executed=_ran(stage, output), output=output)
 
     def close(self) -> None:
         proc, self._proc = self._proc, None

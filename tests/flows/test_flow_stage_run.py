@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from tests.conftest import run_cmd
-from tests.flows.conftest import inject, toy_runs
+from tests.flows.conftest import inject, set_param, toy_runs
 
 from flows.stage_run import DvcRunner, StageFailed, classify_failure, repro_stage, stage_error_line
 
@@ -101,8 +101,15 @@ def test_dvc_runner_reproduces_stages_in_one_helper_process(toy_repo):
         (toy_repo / "toy_fail/c.sleep").unlink()
         assert runner.repro("c").executed  # a new helper took over
         assert runner._proc is not helper
+
+        set_param(toy_repo, "a", 5)
+        assert runner.repro("a").executed
+        set_param(toy_repo, "a", 1)
+        back = runner.repro("a")  # DVC restores the earlier outputs from its run-cache
+        assert not back.executed and "is cached - skipping run" in back.output
     assert helper.poll() is not None
-    assert toy_runs(toy_repo)[:4] == ["a", "b:failed", "b:crashed", "b"]
+    runs = toy_runs(toy_repo)
+    assert runs[:4] == ["a", "b:failed", "b:crashed", "b"] and runs.count("a") == 2  # not on the way back
     assert "up to date" not in run_cmd(["dvc", "status"], toy_repo).stdout  # d never ran
     run_cmd(["dvc", "repro", "d"], toy_repo)
     assert "up to date" in run_cmd(["dvc", "status"], toy_repo).stdout
