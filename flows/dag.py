@@ -49,7 +49,8 @@ class StageState:
 
     @property
     def restorable(self) -> bool:
-        """Inputs match dvc.lock and every missing/modified out is in DVC's cache."""
+        """Inputs match dvc.lock and outs are only missing or modified, so `dvc checkout` may
+        bring them back (it cannot for outs kept out of DVC's cache: those make the stage run)."""
         return (self.inputs_match_lock and not self.always_changed and bool(self.outs_status)
                 and all(s in ("deleted", "modified") for s in self.outs_status.values()))
 
