@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from tests.conftest import run_cmd
 
@@ -39,3 +40,16 @@ def test_full_dvc_repro_twice_second_is_noop(pipeline_repo):
     second = run_cmd(["dvc", "repro"], pipeline_repo)
     assert _stages_run(second.stdout) == []
     assert "up to date" in run_cmd(["dvc", "status"], pipeline_repo).stdout
+
+
+@pytest.mark.slow
+def test_diverged_training_keeps_the_last_good_model(pipeline_repo):
+    run_cmd(["dvc", "repro", "train"], pipeline_repo)
+    good = (pipeline_repo / "models/model.pt").read_bytes()
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    params["train"].update({"optimizer": "sgd", "lr": 100.0})
+    (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run_cmd(["dvc", "repro", "train"], pipeline_repo, check=False)
+    assert proc.returncode != 0
+    assert "fitline train: error: training diverged at epoch" in proc.stdout + proc.stderr
+    assert (pipeline_repo / "models/model.pt").read_bytes() == good, "a failed run must keep the last good model"
