@@ -9,6 +9,7 @@ The same params give byte-identical files.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 DATA_DIR = Path("data")
+# user files live here: dvc.yaml lists it as a dependency of generate (data/raw/README.md)
+RAW_DIR = DATA_DIR / "raw"
 # an integer target with at most this many distinct values is taken as class labels (task auto)
 MAX_AUTO_CLASSES = 20
 
@@ -160,6 +163,25 @@ def _synthetic(p: DataParams, writers: dict[str, pq.ParquetWriter], names: list[
 # ----------------------------------------------------------------------------------- file
 
 
+def file_sha256(path: Path) -> str:
+    """The content hash of the user file, recorded in meta.json (which file version made the data)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def warn_if_untracked(path: Path, raw_dir: Path = RAW_DIR) -> bool:
+    """Warn (and return True) when the user file lies outside data/raw: DVC does not see it, so
+    editing it would leave `dvc repro` reporting the data up to date."""
+    if path.resolve().is_relative_to(raw_dir.resolve()):
+        return False
+    log.warning("data.path %s is outside %s/, which is not a DVC dependency: `dvc repro` will not "
+                "re-run generate when the file changes. Move it into %s/ (see its README).", path, raw_dir, raw_dir)
+    return True
+
+
 def _read_user_file(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"data.path: {path} does not exist")
@@ -188,6 +210,7 @@ def _json_label(v: Any) -> Any:
 
 def _from_file(p: DataParams, writers_factory: Any) -> tuple[dict[str, Any], list[str]]:
     df = _read_user_file(Path(p.path))
+    warn_if_untracked(Path(p.path))
     if p.target not in df.columns:
         raise DataError(f"data.target: column {p.target!r} not in {p.path} (columns: {', '.join(map(str, df.columns))})")
     features = [c for c in df.columns if c != p.target]
@@ -218,7 +241,7 @@ def _from_file(p: DataParams, writers_factory: Any) -> tuple[dict[str, Any], lis
     x = df[features].to_numpy(np.float32)
     _write_rows(writers, names, x, y, split_of, target=p.target)
     return {"task": task, "classes": classes, "ground_truth": None, "split_of": split_of,
-            "labels": y if task == "classification" else None}, names
+            "labels": y if task == "classification" else None, "source_sha256": file_sha256(Path(p.path))}, names
 
 
 # ---------------------------------------------------------------------------------- output

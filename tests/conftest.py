@@ -20,7 +20,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 # files of the project that a pipeline copy needs (never .venv, .git or outputs)
-PROJECT_FILES = ["stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", "examples"]
+PROJECT_FILES = ["stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore", "examples", "data/raw"]
 
 
 def subprocess_env() -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -151,6 +152,23 @@ def test_file_ingest_regression_inferred(tmp_path):
     meta = generate.run(DataParams(source="file", path=str(path), target="price"), tmp_path / "out")
     assert meta["task"] == "regression" and meta["classes"] is None
     assert meta["target"] == "price"
+
+
+def test_file_ingest_records_the_file_hash_and_warns_outside_data_raw(tmp_path, caplog):
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    inside, outside = raw / "user.csv", tmp_path / "elsewhere.csv"
+    _user_frame().drop(columns="label").to_csv(inside, index=False)
+    outside.write_bytes(inside.read_bytes())
+    assert generate.warn_if_untracked(inside, raw) is False
+    with caplog.at_level("WARNING", logger="stages.generate"):
+        assert generate.warn_if_untracked(outside, raw) is True
+    assert "outside" in caplog.text and "will not re-run generate" in caplog.text
+    meta = generate.run(DataParams(source="file", path=str(inside), target="price"), tmp_path / "out")
+    assert meta["source_sha256"] == hashlib.sha256(inside.read_bytes()).hexdigest()
+    inside.write_text(inside.read_text() + "1000,0.5,2,250000\n")
+    assert generate.run(DataParams(source="file", path=str(inside), target="price"),
+                        tmp_path / "out")["source_sha256"] != meta["source_sha256"]
 
 
 @pytest.mark.parametrize(

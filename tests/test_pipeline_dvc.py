@@ -34,6 +34,28 @@ def test_params_error_stops_dvc_repro_with_one_line(pipeline_repo):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_changed_user_file_in_data_raw_reruns_generate(pipeline_repo):
+    """data.source: file reads from data/raw/, a dependency of generate: editing the file is a
+    change `dvc repro` sees (a file elsewhere would leave the data silently stale)."""
+    user = pipeline_repo / "data/raw/houses.csv"
+    rows = ["area,rooms,price"] + [f"{500 + 7 * i},{1 + i % 5},{1000 + 3 * i}" for i in range(60)]
+    user.write_text("\n".join(rows) + "\n")
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    params["data"].update(source="file", path="data/raw/houses.csv", target="price")
+    (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    first = run_cmd(["dvc", "repro", "generate"], pipeline_repo)
+    assert _stages_run(first.stdout) == ["generate"]
+    assert "outside" not in first.stderr  # no 'DVC cannot see this file' warning
+    assert _stages_run(run_cmd(["dvc", "repro", "generate"], pipeline_repo).stdout) == []
+    before = json.loads((pipeline_repo / "data/meta.json").read_text())
+    user.write_text(user.read_text() + "9000,4,99999\n")
+    assert "changed deps" in run_cmd(["dvc", "status", "generate"], pipeline_repo).stdout
+    assert _stages_run(run_cmd(["dvc", "repro", "generate"], pipeline_repo).stdout) == ["generate"]
+    after = json.loads((pipeline_repo / "data/meta.json").read_text())
+    assert sum(after["rows"].values()) == sum(before["rows"].values()) + 1
+    assert after["source_sha256"] != before["source_sha256"]
+
+
 @pytest.mark.slow
 def test_full_dvc_repro_twice_second_is_noop(pipeline_repo):
     run_cmd(["dvc", "repro"], pipeline_repo)
