@@ -39,13 +39,27 @@ def load_meta(data_dir: str | Path = DATA_DIR) -> dict[str, Any]:
 
 
 def read_split_frame(name: str, data_dir: str | Path = DATA_DIR) -> pd.DataFrame:
+    """One split as a DataFrame with the file's own columns and dtypes (what pd.read_parquet
+    gives: validate checks whatever is there), read one column at a time.
+
+    pd.read_parquet of the whole file held the Arrow table and the frame at once, and Arrow's
+    allocator keeps what it frees: 2.2 GB of RSS for a 7M x 21 split of 560 MiB; this way the
+    frame plus one column, and the freed Arrow memory goes back to the system."""
     path = Path(data_dir) / f"{name}.parquet"
     if not path.exists():
         raise DataError(f"{path}: file not found (run the generate stage first)")
     try:
-        return pd.read_parquet(path)
+        schema = pq.read_schema(path)
+        index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+        names = [n for n in schema.names if n not in index]
+        if not names:
+            return pd.read_parquet(path)
+        frame = pd.concat([pd.read_parquet(path, columns=[n]) for n in names], axis=1)
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise DataError(f"{path}: cannot read parquet: {str(exc).splitlines()[0]}") from None
+    finally:
+        pa.default_memory_pool().release_unused()
+    return frame
 
 
 def frame_to_split(df: pd.DataFrame, meta: dict[str, Any], where: str = "data") -> Split:

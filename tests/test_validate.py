@@ -338,6 +338,52 @@ def test_gx_frame_keeps_values_and_dtype_kind() -> None:
     assert frame["f"].dtype == np.float32  # the input is not modified
 
 
+def test_expectation_batches_split_big_frames_by_column_and_keep_every_check(regression: tuple[dict, dict]) -> None:
+    meta, frames = regression
+    train = frames["train"]  # 420 rows x 6 columns: 20160 bytes as float64
+    suite = validate.split_expectations("train", train, meta, PARAMS,
+                                        validate.reference_stats(PARAMS, train, meta))
+    (whole,) = validate.expectation_batches("train", train, suite, max_bytes=420 * 8 * 6)
+    assert whole == ("train", list(train.columns), suite)  # fits: one batch, as it always was
+    batches = validate.expectation_batches("train", train, suite, max_bytes=420 * 8 * 2)
+    assert [(name, cols) for name, cols, _ in batches] == [
+        ("train table", None), ("train columns x0..x1", ["x0", "x1"]),
+        ("train columns x2..x3", ["x2", "x3"]), ("train columns x4..y", ["x4", "y"])]
+    table_checks = {type(e).__name__ for e in batches[0][2]}
+    assert table_checks == {"ExpectTableColumnsToMatchOrderedList", "ExpectTableRowCountToEqual",
+                            "ExpectTableRowCountToBeBetween"}
+    for _, cols, exps in batches[1:]:
+        assert {e.column for e in exps} == set(cols)
+    assert sorted(map(id, (e for _, _, exps in batches for e in exps))) == sorted(map(id, suite))
+    # a budget below one column still makes progress, one column per batch
+    assert len(validate.expectation_batches("train", train, suite, max_bytes=1)) == 1 + 6
+
+
+def test_batched_validation_reports_what_one_batch_does(regression: tuple[dict, dict]) -> None:
+    meta, frames = regression
+    frames = copies(frames)
+    frames["val"].loc[[3, 7], "x4"] = np.nan          # a column in the last batch
+    frames["test"]["x1"] = frames["test"]["x1"] + 5.0  # range and drift in an early batch
+    frames["test"] = frames["test"].drop(columns=["x3"])  # a table check
+    one = validate.run(PARAMS, copies(frames), meta)
+    batched = validate.run(PARAMS, copies(frames), meta, batch_bytes=1)
+    assert failed(batched) == failed(one)
+    assert {("val", "nulls", "x4"), ("test", "range", "x1"), ("test", "schema", "x3")} <= failed(one)
+    assert {s: v["checks"] for s, v in batched["splits"].items()} == {s: v["checks"] for s, v in one["splits"].items()}
+    assert batched["failed_checks"] == one["failed_checks"]
+
+
+def test_read_split_frame_matches_pandas(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"a": np.array([1.5, np.nan, 3.0], np.float32), "s": ["x", "y", None],
+                          "n": np.array([1, 2, 3], np.int64)}, index=pd.Index([10, 11, 12], name="row"))
+    frame.to_parquet(tmp_path / "val.parquet")
+    got = read_split_frame("val", tmp_path)
+    pd.testing.assert_frame_equal(got, pd.read_parquet(tmp_path / "val.parquet"))
+    (tmp_path / "test.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="test.parquet: cannot read parquet"):
+        read_split_frame("test", tmp_path)
+
+
 def test_jsonable_makes_plain_json() -> None:
     value = {"a": np.float32(np.inf), "b": [np.int64(3), float("nan")], "c": (1, None)}
     assert jsonable(value) == {"a": "inf", "b": [3, "nan"], "c": [1, None]}
