@@ -75,9 +75,11 @@ def stage_nodes(repo: Any) -> list[StageNode]:
     stages = _pipeline_stages(repo)
     graph = repo.index.graph  # edges go from a stage to the stages it depends on
     order = {stage_address(repo, s): i for i, s in enumerate(stages)}
+    # a `dvc add`-ed file (a .dvc stage) that a stage depends on is data, not a node of the DAG
     upstream = {
         stage_address(repo, s): tuple(sorted(
-            (a for d in graph.successors(s) if (a := stage_address(repo, d)) in order), key=order.__getitem__))
+            (a for d in graph.successors(s) if getattr(d, "cmd", None) and (a := stage_address(repo, d)) in order),
+            key=order.__getitem__))
         for s in stages
     }
     dag = nx.DiGraph()

@@ -234,6 +234,7 @@ class ExportParams(Section):
     quantization: Literal["none", "dynamic", "static"] = "dynamic"
     calibration_rows: int = Field(1000, ge=1)
     parity_atol: float = Field(1.0e-4, gt=0)
+    parity_rtol: float = Field(1.0e-5, ge=0)
     max_metric_drop: float = Field(0.01, ge=0)
     latency_repeats: int = Field(20, ge=1)
 

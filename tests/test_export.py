@@ -70,12 +70,21 @@ def classification(tmp_path_factory, one_thread):
 # ------------------------------------------------------------------------ decision logic
 
 
-def test_check_parity_passes_within_and_fails_over_tolerance_naming_both():
-    export.check_parity(1e-5, 1e-4)
-    with pytest.raises(ExportError, match=r"by 0\.0002 .*parity_atol 0\.0001"):
-        export.check_parity(2e-4, 1e-4)
+def test_check_parity_is_absolute_plus_relative_and_names_the_worst_output():
+    want = np.array([0.5, -2.0, 1000.0, 1e5], np.float32)
+    # within atol at small outputs, within rtol x |output| at large ones: passes
+    max_abs, scaled = export.check_parity(want + np.array([5e-5, -5e-5, 5e-3, 0.5], np.float32), want, 1e-4, 1e-5)
+    assert max_abs == pytest.approx(0.5, rel=1e-3)
+    assert scaled == pytest.approx(0.5 / (1e-4 + 1.0), rel=1e-3)
+    # the same 5e-3 on a small output is a failure, and the message names that output
+    with pytest.raises(ExportError, match=r"by 0\.005 where torch gives -2, over export\.parity_atol 0\.0001 "
+                                          r"\+ export\.parity_rtol 1e-05 x \|output\|"):
+        export.check_parity(want + np.array([0, 5e-3, 0, 0], np.float32), want, 1e-4, 1e-5)
+    with pytest.raises(ExportError, match=r"by 0\.0002 .*parity_atol 0\.0001"):  # rtol 0: absolute only
+        export.check_parity(want + np.array([2e-4, 0, 0, 0], np.float32), want, 1e-4, 0.0)
     with pytest.raises(ExportError):
-        export.check_parity(float("nan"), 1e-4)
+        export.check_parity(np.array([np.nan, 1.0]), np.array([1.0, 1.0]), 1e-4, 1e-5)
+    assert export.check_parity(np.array([]), np.array([]), 1e-4, 1e-5) == (0.0, 0.0)
 
 
 def test_check_metric_drop_budget_is_inclusive_and_message_gives_both_numbers():
@@ -309,7 +318,7 @@ def test_dvc_repro_exports_serves_and_a_failed_export_keeps_the_models(tmp_path)
 
     good = {p: (repo / p).read_bytes() for p in ("models/model.onnx", "models/model.int8.onnx", "metrics/export.json")}
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["export"]["parity_atol"] = 1.0e-12
+    params["export"].update(parity_atol=1.0e-12, parity_rtol=0.0)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run_cmd(["dvc", "repro", "export"], repo, check=False)
     assert proc.returncode != 0

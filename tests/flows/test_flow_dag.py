@@ -24,6 +24,18 @@ def test_project_dag_every_stage_after_its_upstream(tmp_path):
         assert set(node.upstream) <= set(names[:i]), node
 
 
+def test_a_dvc_added_input_file_is_data_not_a_stage(tmp_path):
+    """The README's way to bring a large user file: `dvc add data/raw/x.csv`. Its .dvc stage is
+    upstream of generate in DVC's graph, but it is not a node the flow runs."""
+    repo = make_pipeline_repo(tmp_path / "project")
+    (repo / "data/raw/houses.csv").write_text("area,price\n1,2\n3,4\n")
+    run_cmd(["dvc", "add", "data/raw/houses.csv"], repo)
+    nodes = read_dag(repo)
+    assert nodes[0].name == "generate" and nodes[0].upstream == ()
+    assert not any(".dvc" in n.name for n in nodes)
+    assert stage_states(repo).keys() == {n.name for n in nodes}
+
+
 def test_states_follow_dvc_status(toy_repo):
     before = stage_states(toy_repo)
     assert not any(s.up_to_date for s in before.values())  # never run: no dvc.lock
