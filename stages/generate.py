@@ -209,8 +209,9 @@ def _json_label(v: Any) -> Any:
 
 
 def _from_file(p: DataParams, writers_factory: Any) -> tuple[dict[str, Any], list[str]]:
-    df = _read_user_file(Path(p.path))
-    warn_if_untracked(Path(p.path))
+    path = Path(p.path)
+    df = _read_user_file(path)
+    warn_if_untracked(path)
     if p.target not in df.columns:
         raise DataError(f"data.target: column {p.target!r} not in {p.path} (columns: {', '.join(map(str, df.columns))})")
     features = [c for c in df.columns if c != p.target]
@@ -241,7 +242,7 @@ def _from_file(p: DataParams, writers_factory: Any) -> tuple[dict[str, Any], lis
     x = df[features].to_numpy(np.float32)
     _write_rows(writers, names, x, y, split_of, target=p.target)
     return {"task": task, "classes": classes, "ground_truth": None, "split_of": split_of,
-            "labels": y if task == "classification" else None, "source_sha256": file_sha256(Path(p.path))}, names
+            "labels": y if task == "classification" else None, "source_sha256": file_sha256(path)}, names
 
 
 # ---------------------------------------------------------------------------------- output

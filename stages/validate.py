@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -141,16 +141,26 @@ def _validate_frame(context: Any, name: str, frame: pd.DataFrame, expectations: 
         _release_batches(source)
 
 
+class Batch(NamedTuple):
+    """One GX run of a split's suite: `columns` of the frame (None: the whole frame), cast to
+    float64/int64 for GX (gx_frame) unless the batch looks at no values (table checks)."""
+
+    name: str
+    columns: list[str] | None
+    expectations: list[Any]
+    cast: bool = True
+
+
 def expectation_batches(split: str, frame: pd.DataFrame, expectations: list[Any],
-                        max_bytes: int = BATCH_BYTES) -> list[tuple[str, list[str] | None, list[Any]]]:
-    """How to run one split's suite: (name, columns or None for the whole frame uncast, expectations).
+                        max_bytes: int = BATCH_BYTES) -> list[Batch]:
+    """How to run one split's suite.
 
     A split whose float64 copy fits in `max_bytes` is one batch (one Data Docs page). A bigger
     one runs as a batch of the table checks (columns, row count) on the frame as it is, then
     batches of a few columns each: GX's float64 copy is then of those columns only, so memory
     stays the data plus `max_bytes`, not the data plus twice the data."""
     if len(frame) * 8 * max(len(frame.columns), 1) <= max_bytes:
-        return [(split, list(frame.columns), expectations)]
+        return [Batch(split, None, expectations)]
     table = [e for e in expectations if getattr(e, "column", None) is None]
     by_column: dict[str, list[Any]] = {}
     for e in expectations:
@@ -158,11 +168,11 @@ def expectation_batches(split: str, frame: pd.DataFrame, expectations: list[Any]
             by_column.setdefault(e.column, []).append(e)
     per_batch = max(1, max_bytes // (len(frame) * 8))
     columns = list(by_column)
-    batches: list[tuple[str, list[str] | None, list[Any]]] = [(f"{split} table", None, table)] if table else []
+    batches = [Batch(f"{split} table", None, table, cast=False)] if table else []
     for i in range(0, len(columns), per_batch):
         group = columns[i:i + per_batch]
         name = f"{split} columns {group[0]}" + (f"..{group[-1]}" if len(group) > 1 else "")
-        batches.append((name, group, [e for c in group for e in by_column[c]]))
+        batches.append(Batch(name, group, [e for c in group for e in by_column[c]]))
     return batches
 
 
@@ -170,9 +180,9 @@ def validate_split(context: Any, split: str, frame: pd.DataFrame, expectations: 
                    max_bytes: int = BATCH_BYTES) -> tuple[int, list[Any]]:
     """Run a split's suite in batches (expectation_batches); return (checks run, failed results)."""
     checks, failed = 0, []
-    for name, columns, batch_expectations in expectation_batches(split, frame, expectations, max_bytes):
-        batch_frame = frame if columns is None else frame[columns]
-        results = _validate_frame(context, name, batch_frame, batch_expectations, cast=columns is not None)
+    for batch in expectation_batches(split, frame, expectations, max_bytes):
+        batch_frame = frame if batch.columns is None else frame[batch.columns]
+        results = _validate_frame(context, batch.name, batch_frame, batch.expectations, cast=batch.cast)
         checks += len(results.results)
         failed += [er for er in results.results if not er.success]
     return checks, failed

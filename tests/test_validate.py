@@ -344,17 +344,17 @@ def test_expectation_batches_split_big_frames_by_column_and_keep_every_check(reg
     suite = validate.split_expectations("train", train, meta, PARAMS,
                                         validate.reference_stats(PARAMS, train, meta))
     (whole,) = validate.expectation_batches("train", train, suite, max_bytes=420 * 8 * 6)
-    assert whole == ("train", list(train.columns), suite)  # fits: one batch, as it always was
+    assert whole == ("train", None, suite, True)  # fits: one batch of the whole frame, as it always was
     batches = validate.expectation_batches("train", train, suite, max_bytes=420 * 8 * 2)
-    assert [(name, cols) for name, cols, _ in batches] == [
-        ("train table", None), ("train columns x0..x1", ["x0", "x1"]),
-        ("train columns x2..x3", ["x2", "x3"]), ("train columns x4..y", ["x4", "y"])]
-    table_checks = {type(e).__name__ for e in batches[0][2]}
+    assert [(b.name, b.columns, b.cast) for b in batches] == [
+        ("train table", None, False), ("train columns x0..x1", ["x0", "x1"], True),
+        ("train columns x2..x3", ["x2", "x3"], True), ("train columns x4..y", ["x4", "y"], True)]
+    table_checks = {type(e).__name__ for e in batches[0].expectations}
     assert table_checks == {"ExpectTableColumnsToMatchOrderedList", "ExpectTableRowCountToEqual",
                             "ExpectTableRowCountToBeBetween"}
-    for _, cols, exps in batches[1:]:
-        assert {e.column for e in exps} == set(cols)
-    assert sorted(map(id, (e for _, _, exps in batches for e in exps))) == sorted(map(id, suite))
+    for batch in batches[1:]:
+        assert {e.column for e in batch.expectations} == set(batch.columns)
+    assert sorted(map(id, (e for b in batches for e in b.expectations))) == sorted(map(id, suite))
     # a budget below one column still makes progress, one column per batch
     assert len(validate.expectation_batches("train", train, suite, max_bytes=1)) == 1 + 6
 
