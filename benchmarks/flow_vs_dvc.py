@@ -37,13 +37,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-# the child mode: run the flow once in this process and report import and flow time
+# the child mode: run the flow once in this process, as `fitline run` does (run_pipeline: the
+# commit tag, no heartbeats), and report import and flow time
 CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from flows.pipeline import training_pipeline
+from flows.pipeline import run_pipeline
 t1 = time.perf_counter()
-states = training_pipeline(root=sys.argv[1], retries=0)
+states = run_pipeline(root=sys.argv[1], retries=0)
 t2 = time.perf_counter()
 print("BENCH " + json.dumps({"import_s": t1 - t0, "flow_s": t2 - t1, "states": states}))
 """

@@ -10,7 +10,7 @@ from tests.conftest import run_cmd
 from tests.flows.conftest import inject, set_param, toy_runs
 
 from flows.history import read_history
-from flows.pipeline import training_pipeline
+from flows.pipeline import interactive_heartbeat, run_pipeline, training_pipeline
 from flows.stage_run import StageFailed
 from flows.workspace_lock import WorkspaceBusy, workspace_lock
 
@@ -34,6 +34,14 @@ def _flow_run(flow_run_id):
 
     with get_client(sync_client=True) as client:
         return client.read_flow_run(flow_run_id)
+
+
+def _task_runs(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
 
 def test_run_then_everything_cached(toy_repo, prefect_server):
@@ -143,3 +151,55 @@ def test_two_flow_runs_at_once_on_one_workspace(toy_repo, prefect_server):
     assert "stages: a=Cached, b=Cached, c=Cached, d=Cached" in out2
     assert toy_runs(toy_repo) == ALL
     assert _dvc_clean(toy_repo)
+
+
+def _flow_run_events(api_url: str, flow_run_id: str, until: str, timeout: float = 60) -> list[str]:
+    """Names of the events the server holds about a flow run, once `until` is among them
+    (events reach the server's store asynchronously)."""
+    import httpx
+
+    body = {"filter": {"any_resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}, "limit": 50}
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = httpx.post(f"{api_url}/events/filter", json=body, timeout=10)
+        reply.raise_for_status()
+        names = [e["event"] for e in reply.json()["events"]]
+        if until in names or time.monotonic() > deadline:
+            return names
+        time.sleep(0.5)
+
+
+def test_interactive_heartbeat_is_off_unless_chosen():
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    assert interactive_heartbeat({}) is None  # Prefect's default (180 s): off for a terminal run
+    assert interactive_heartbeat({"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "180"}) == 180  # chosen in the env
+    assert interactive_heartbeat({"PREFECT_RUNNER_HEARTBEAT_FREQUENCY": "180"}) == 180  # its legacy name
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}):
+        assert interactive_heartbeat({}) == 60  # chosen in the profile
+
+
+def test_command_line_run_tags_the_flow_run_only_and_sends_no_heartbeats(toy_repo, prefect_server, monkeypatch):
+    """`fitline run` (run_pipeline) turns Prefect's flow-run heartbeats off: they are for
+    deployment runs, and waiting for the heartbeat thread to stop cost a no-op run 1-2 s."""
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    monkeypatch.delenv("PREFECT_RUNNER_HEARTBEAT_FREQUENCY", raising=False)
+    assert run_pipeline(str(toy_repo), retries=0) == dict.fromkeys(ALL, "Completed")
+    quiet = read_history()[-1].row["flow_run"]
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")  # a user who wants them
+    assert run_pipeline(str(toy_repo), retries=0) == dict.fromkeys(ALL, "Cached")
+    beating = read_history()[-1].row["flow_run"]
+    assert quiet != beating
+
+    # the commit tags the flow run, not its task runs: a tagged task run takes a round trip
+    # for tag concurrency slots (and a lease) around its body
+    sha = run_cmd(["git", "rev-parse", "HEAD"], toy_repo).stdout.strip()
+    assert f"commit:{sha[:8]}" in _flow_run(quiet).tags
+    task_runs = _task_runs(quiet)
+    assert sorted(t.name for t in task_runs) == ALL
+    assert all(not t.tags for t in task_runs), [t.tags for t in task_runs]
+
+    assert "prefect.flow-run.heartbeat" in _flow_run_events(prefect_server, beating, "prefect.flow-run.heartbeat")
+    events = _flow_run_events(prefect_server, quiet, "prefect.flow-run.Completed")
+    assert "prefect.flow-run.Completed" in events
+    assert "prefect.flow-run.heartbeat" not in events
