@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stages.errors import FitlineError
+
 log = logging.getLogger(__name__)
 
 
@@ -87,6 +89,20 @@ def stage_nodes(repo: Any) -> list[StageNode]:
     dag.add_edges_from((u, name) for name, ups in upstream.items() for u in ups)
     names = nx.lexicographical_topological_sort(dag, key=order.__getitem__)
     return [StageNode(name, upstream[name]) for name in names]
+
+
+def check_workspace(root: str | os.PathLike[str]) -> Path:
+    """`root` resolved, if it is a DVC workspace (a folder with `.dvc/`); else a FitlineError.
+
+    Checked before a flow writes anything there (its lock lives in `.dvc/tmp`), so a mistyped
+    `--root` gets a one-line error instead of a `.dvc/` folder made where none belongs."""
+    path = Path(root).resolve()
+    if not path.is_dir():
+        raise FitlineError(f"{path}: no such folder")
+    if not (path / ".dvc").is_dir():
+        raise FitlineError(f"{path} is not a DVC workspace (no .dvc/ folder); run in the project root, "
+                           "or create one with `git init && dvc init`")
+    return path
 
 
 def read_dag(root: str | os.PathLike[str]) -> list[StageNode]:
@@ -166,9 +182,15 @@ class DvcWorkspace:
     @property
     def repo(self) -> Any:
         if self._repo is None:
+            from dvc.exceptions import NotDvcRepoError
             from dvc.repo import Repo
+            from dvc.scm import SCMError
 
-            self._repo = Repo(os.fspath(self.root))
+            try:
+                self._repo = Repo(os.fspath(self.root))
+            except (NotDvcRepoError, SCMError) as exc:
+                raise FitlineError(f"{self.root} is not a git + DVC workspace ({exc}); run in the project "
+                                   "root, or create one with `git init && dvc init`") from None
         return self._repo
 
     def invalidate(self) -> None:
@@ -188,7 +210,10 @@ class DvcWorkspace:
         self.close()
 
     def nodes(self) -> list[StageNode]:
-        return stage_nodes(self.repo)
+        nodes = stage_nodes(self.repo)
+        if not nodes:
+            raise FitlineError(f"{self.root}: no dvc.yaml with stages here; nothing to run")
+        return nodes
 
     def _stages(self) -> dict[str, Any]:
         if self._by_name is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import re
 import subprocess
@@ -43,12 +44,14 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import CachePolicy  # noqa: E402
 from prefect.context import FlowRunContext, TaskRunContext  # noqa: E402
+from prefect.states import Failed  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
-from flows.dag import DvcWorkspace  # noqa: E402
+from flows.dag import DvcWorkspace, check_workspace  # noqa: E402
 from flows.history import git_commit, metrics_row, record_run  # noqa: E402
 from flows.stage_run import DvcRunner, StageFailed, repro_stage  # noqa: E402
 from flows.workspace_lock import workspace_lock  # noqa: E402
+from stages.errors import FitlineError  # noqa: E402
 
 FLOW_NAME = "fitline-pipeline"
 # Prefect's cache records of a workspace live beside DVC's own temporary state: they describe
@@ -56,6 +59,26 @@ FLOW_NAME = "fitline-pipeline"
 CACHE_DIR = Path(".dvc") / "tmp" / "fitline-prefect-cache"
 NIGHTLY_CRON = "0 2 * * *"  # 02:00 UTC, as in prefect.yaml
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+-[0-9a-f]{64}$")
+
+
+class ExpectedErrorsWithoutTraceback(logging.Filter):
+    """Drops the traceback from Prefect's run-log records of an expected error (a FitlineError:
+    bad params, a failed validation, a busy workspace ...), keeping their one-line message.
+
+    Prefect logs a failed task's exception with its traceback when the task has no retries
+    (`--retries 0`); for a stage's own error that is fitline's plumbing, not the problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], FitlineError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    _logger = logging.getLogger(_name)
+    if not any(isinstance(f, ExpectedErrorsWithoutTraceback) for f in _logger.filters):
+        _logger.addFilter(ExpectedErrorsWithoutTraceback())
 
 
 def cache_storage(root: str | os.PathLike[str]) -> Path:
@@ -174,8 +197,6 @@ def require_default_remote(root: Path) -> str:
     """The workspace's default DVC remote; pull/push without one would quietly do nothing."""
     from dvc.repo import Repo
 
-    from stages.errors import FitlineError
-
     with Repo(str(root)) as repo:
         name = repo.config["core"].get("remote")
     if not name:
@@ -224,9 +245,23 @@ def training_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: fl
         lock_timeout_seconds: how long to wait for another flow run on this workspace.
         pull, push: `dvc pull` from the default DVC remote before the stages, `dvc push` after
             them, so runs on any worker share one artifact cache.
+
+    An expected failure (bad params, a failed validation, a diverged run, a busy or missing
+    workspace: a FitlineError) fails the run with its one-line message and is raised to the
+    caller as it is; returned as a Failed state, since Prefect logs a full traceback for an
+    exception that leaves the flow function.
     """
+    try:
+        return _pipeline(root, retries, retry_delay_seconds, lock_timeout_seconds, pull, push)
+    except FitlineError as exc:
+        return Failed(message=str(exc), data=exc)  # type: ignore[return-value]
+
+
+def _pipeline(root: str, retries: int, retry_delay_seconds: float, lock_timeout_seconds: float,
+              pull: bool, push: bool) -> dict[str, str]:
+    """The body of `training_pipeline` (in its flow run)."""
     logger = get_run_logger()
-    workspace = Path(root).resolve()
+    workspace = check_workspace(root)
     commit = git_commit(workspace)
     _tag_flow_run(commit.tag)
     stage_task = run_stage.with_options(
@@ -248,7 +283,7 @@ def training_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: fl
             states[node.name] = state.name
             if state.is_failed():
                 logger.error("stage %s failed; stages after it are not run", node.name)
-                state.result()  # raises the stage's own error: the flow fails with its message
+                state.result()  # raises the stage's error (a StageFailed): the flow fails with its message
         ctx = FlowRunContext.get()
         flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
         row = metrics_row(workspace, commit, ws.metrics_paths(), flow_run=flow_run_id)
@@ -308,7 +343,7 @@ def run_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: float =
     """
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    workspace = Path(root).resolve()
+    workspace = check_workspace(root)  # before a flow run is created for a mistyped --root
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: interactive_heartbeat()}):
         return training_pipeline(root=str(workspace), retries=retries, retry_delay_seconds=retry_delay_seconds,
                                  lock_timeout_seconds=lock_timeout_seconds, pull=pull, push=push)

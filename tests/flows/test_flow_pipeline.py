@@ -12,6 +12,7 @@ from tests.flows.conftest import inject, set_param, toy_runs
 from flows.history import read_history
 from flows.pipeline import interactive_heartbeat, run_pipeline, training_pipeline
 from flows.stage_run import StageFailed
+from stages.errors import FitlineError
 from flows.workspace_lock import WorkspaceBusy, workspace_lock
 
 ALL = ["a", "b", "c", "d"]
@@ -203,3 +204,45 @@ def test_command_line_run_tags_the_flow_run_only_and_sends_no_heartbeats(toy_rep
     events = _flow_run_events(prefect_server, quiet, "prefect.flow-run.Completed")
     assert "prefect.flow-run.Completed" in events
     assert "prefect.flow-run.heartbeat" not in events
+
+
+def _flow_run_logs(flow_run_id) -> list[str]:
+    """Every log line the server holds for a flow run and its task runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # the lines go to the server in batches
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
+
+
+def test_expected_failure_fails_the_run_with_its_own_line_and_no_traceback(toy_repo, prefect_server):
+    inject(toy_repo, "a", "always", "2 expectations failed")
+    state = training_pipeline(root=str(toy_repo), retries=0, return_state=True)
+    assert state.is_failed()
+    assert state.message == "stage a: validation failed: 2 expectations failed"
+    with pytest.raises(StageFailed, match="^stage a: validation failed"):
+        state.result()
+    logs = _flow_run_logs(state.state_details.flow_run_id)
+    assert any("fitline a: error: validation failed: 2 expectations failed" in line for line in logs)
+    assert not any("Traceback" in line for line in logs), [line for line in logs if "Traceback" in line]
+
+
+def test_not_a_workspace_is_one_line_and_writes_nothing(tmp_path, prefect_server):
+    missing = tmp_path / "nope"
+    with pytest.raises(FitlineError, match="nope: no such folder$"):
+        run_pipeline(str(missing))
+    assert not missing.exists()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(FitlineError, match=r"plain is not a DVC workspace \(no \.dvc/ folder\)"):
+        run_pipeline(str(plain))
+    assert list(plain.iterdir()) == []  # no .dvc/tmp lock folder made where none belongs
+
+
+def test_workspace_without_stages_fails_the_run(toy_repo, prefect_server):
+    (toy_repo / "dvc.yaml").unlink()
+    state = training_pipeline(root=str(toy_repo), retries=0, return_state=True)
+    assert state.is_failed() and state.message.endswith("no dvc.yaml with stages here; nothing to run")
