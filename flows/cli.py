@@ -84,14 +84,20 @@ def run(
 @app.command()
 def history(
     metric: list[str] = typer.Option(None, "--metric", "-m",
-                                     help="metric (or prefix, e.g. eval.test) to show; repeatable. Default: all."),
+                                     help="metric (or prefix, e.g. eval.test) to show; repeatable. "
+                                          "Default: the metrics params `gate` judges."),
+    every: bool = typer.Option(False, "--every", help="every numeric metric (a wide table)."),
     all_runs: bool = typer.Option(False, "--all", help="every run, not only the latest run of each commit."),
+    root: str = typer.Option(".", "--root", help="project whose params.yaml names the gate's metrics."),
 ) -> None:
     """Metrics per commit, oldest to newest, read back from the Prefect API (artifact fitline-metrics)."""
-    from flows.history import format_history, per_commit, read_history
+    from flows.history import default_columns, format_history, per_commit, read_history
 
     entries = read_history()
-    typer.echo(format_history(entries if all_runs else per_commit(entries), metric or None))
+    if not all_runs:
+        entries = per_commit(entries)
+    columns = metric or (None if every else default_columns(entries, root))
+    typer.echo(format_history(entries, columns))
 
 
 @app.command()

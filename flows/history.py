@@ -189,6 +189,33 @@ def per_commit(entries: list[HistoryEntry]) -> list[HistoryEntry]:
     return list(latest.values())
 
 
+def gate_metrics(root: str | os.PathLike[str]) -> list[str]:
+    """The metrics the workspace's gate judges (params `gate`), in rule order; [] without a
+    readable params.yaml or gate section. They are the default columns of `fitline history`:
+    every numeric metric makes a table some 90 columns wide."""
+    from stages.errors import FitlineError
+    from stages.gate_rules import parse_rules
+    from stages.params import load_params
+
+    path = Path(root) / "params.yaml"
+    if not path.is_file():
+        return []
+    try:
+        rules = parse_rules(load_params(path).gate)
+    except FitlineError as exc:
+        log.warning("params.yaml gate rules unreadable (%s); showing every numeric metric", exc)
+        return []
+    return list(dict.fromkeys(rule.path for rule in rules))
+
+
+def default_columns(entries: list[HistoryEntry], root: str | os.PathLike[str]) -> list[str] | None:
+    """`fitline history`'s metrics when none are asked for: the gate's that these runs hold,
+    or None (every numeric metric) when they hold none of them."""
+    present = {k for e in entries for k in e.row}
+    chosen = [m for m in gate_metrics(root) if m in present]
+    return chosen or None
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"

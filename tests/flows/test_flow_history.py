@@ -6,8 +6,8 @@ import json
 
 from tests.conftest import run_cmd
 
-from flows.history import (Commit, HistoryEntry, collect_metrics, flatten, format_history, git_commit,
-                           metric_prefix, metrics_row, per_commit, report_markdown)
+from flows.history import (Commit, HistoryEntry, collect_metrics, default_columns, flatten, format_history,
+                           gate_metrics, git_commit, metric_prefix, metrics_row, per_commit, report_markdown)
 
 
 def test_flatten_nested_json_to_dotted_keys():
@@ -73,3 +73,33 @@ def test_format_history_table():
     assert format_history(worded).splitlines()[0].split() == ["date", "commit", "branch", "eval.mse"]
     assert "good fit" in format_history(worded, ["eval.verdict"])
     assert "no fitline runs" in format_history([])
+
+
+GATE_PARAMS = """\
+gate:
+  rules:
+    - {rule: eval.test.r2 >= 0.9, when: regression}
+    - {rule: eval.test.accuracy >= 0.7, when: classification}
+    - eval.fit.verdict == good
+  regressions:
+    - {metric: eval.test.rmse, better: lower, rel_tol: 0.02}
+    - {metric: eval.test.r2, better: higher, abs_tol: 0.005}
+"""
+
+
+def test_history_defaults_to_the_gates_metrics(tmp_path):
+    (tmp_path / "params.yaml").write_text(GATE_PARAMS)
+    assert gate_metrics(tmp_path) == ["eval.test.r2", "eval.test.accuracy", "eval.fit.verdict", "eval.test.rmse"]
+    row = {"eval.test.r2": 0.95, "eval.test.rmse": 1.1, "eval.fit.verdict": "good", "eval.test.mae": 0.8,
+           "train.wall_seconds": 6.0}
+    entries = [_entry("2026-01-01T10:00:00+00:00", "a" * 40, **row)]
+    # what the runs hold, in rule order; a classification rule's metric is not in a regression run
+    assert default_columns(entries, tmp_path) == ["eval.test.r2", "eval.fit.verdict", "eval.test.rmse"]
+    header = format_history(entries, default_columns(entries, tmp_path)).splitlines()[0].split()
+    assert header == ["date", "commit", "branch", "eval.test.r2", "eval.test.rmse", "eval.fit.verdict"]
+    # runs holding none of them (another pipeline), no params.yaml, or an unreadable gate: every numeric metric
+    other = [_entry("2026-01-01T10:00:00+00:00", "a" * 40, **{"c.total": 6})]
+    assert default_columns(other, tmp_path) is None
+    assert default_columns(entries, tmp_path / "elsewhere") is None
+    (tmp_path / "params.yaml").write_text("gate:\n  rules: [eval.test.r2 >>= 1]\n")
+    assert gate_metrics(tmp_path) == []
