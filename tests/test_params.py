@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from stages.errors import ParamsError
 from stages.params import Params, load_params, parse_params
@@ -27,8 +28,9 @@ def test_empty_params_take_defaults():
 
 def test_params_are_frozen():
     params = parse_params({})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         params.data.n_samples = 5  # type: ignore[misc]
+    assert params.data.n_samples == parse_params({}).data.n_samples
 
 
 @pytest.mark.parametrize(
