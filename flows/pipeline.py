@@ -29,7 +29,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 
 from flows.dag import DvcWorkspace, check_workspace  # noqa: E402
 from flows.history import git_commit, metrics_row, record_run  # noqa: E402
+from flows.interactive import command_line_run  # noqa: E402
 from flows.stage_run import DvcRunner, StageFailed, repro_stage  # noqa: E402
 from flows.workspace_lock import workspace_lock  # noqa: E402
 from stages.errors import FitlineError  # noqa: E402
@@ -307,31 +308,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
-
-
-def interactive_heartbeat(environ: Mapping[str, str] | None = None) -> int | None:
-    """The heartbeat interval for a run started from the command line: none, unless chosen.
-
-    Prefect's flow-run heartbeats feed the automation that marks a deployment's run Crashed
-    when its worker vanishes; a run in the user's own terminal shows its crash there. They also
-    cost a no-op run most of its time: the heartbeat thread sleeps in 1 s steps and the run
-    waits for it to stop (no-op flow call with the imports done: 1.1-2.7 s with heartbeats,
-    0.26-0.36 s without).
-    A value set in the environment, or a non-default one in the Prefect profile, is kept.
-    Deployment runs (`prefect deploy`, `fitline serve`) do not come through here and keep
-    Prefect's setting.
-    """
-    from prefect.settings import get_current_settings
-    from prefect.settings.models.flows import FlowsSettings
-
-    env = os.environ if environ is None else environ
-    current = get_current_settings().flows.heartbeat_frequency
-    if any(name in env for name in HEARTBEAT_ENV) or current != FlowsSettings.model_fields["heartbeat_frequency"].default:
-        return current
-    return None
-
-
 def run_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: float = 5.0,
                  lock_timeout_seconds: float = 600.0, pull: bool = False, push: bool = False) -> dict[str, str]:
     """Run the flow (what `fitline run` and `python -m flows.pipeline` do).
@@ -341,10 +317,8 @@ def run_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: float =
     tag concurrency slots (and holds a lease) around its body, which cost a cold run about
     0.9 s per stage on 2 busy cores (flow call 16.1 s untagged vs 22.4 s tagged; dvc repro 14.2 s).
     """
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
     workspace = check_workspace(root)  # before a flow run is created for a mistyped --root
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: interactive_heartbeat()}):
+    with command_line_run():
         return training_pipeline(root=str(workspace), retries=retries, retry_delay_seconds=retry_delay_seconds,
                                  lock_timeout_seconds=lock_timeout_seconds, pull=pull, push=push)
 

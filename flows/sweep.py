@@ -34,6 +34,7 @@ from prefect import flow, get_run_logger, task, unmapped  # noqa: E402
 from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.context import TaskRunContext  # noqa: E402
 
+from flows.interactive import command_line_run  # noqa: E402
 from stages.dataset import Split, load_meta, load_splits  # noqa: E402
 from stages.errors import FitlineError, ParamsError  # noqa: E402
 from stages.params import EvaluateParams, TrainParams, load_params  # noqa: E402
@@ -281,7 +282,7 @@ def call_flow(flow_fn, options: RunOptions, **kwargs: Any) -> Any:
     before = torch.get_num_threads()
     in_process = options.runner == "threads" or (options.runner == "dask" and not options.dask_processes)
     try:
-        with contextlib.nullcontext() if in_process else shared_api():
+        with contextlib.nullcontext() if in_process else shared_api(), command_line_run():
             return flow_fn.with_options(task_runner=options.task_runner())(
                 torch_threads=options.torch_threads(), **kwargs)
     finally:

@@ -10,7 +10,8 @@ from tests.conftest import run_cmd
 from tests.flows.conftest import inject, set_param, toy_runs
 
 from flows.history import read_history
-from flows.pipeline import interactive_heartbeat, run_pipeline, training_pipeline
+from flows.interactive import interactive_heartbeat
+from flows.pipeline import run_pipeline, training_pipeline
 from flows.stage_run import StageFailed
 from stages.errors import FitlineError
 from flows.workspace_lock import WorkspaceBusy, workspace_lock
