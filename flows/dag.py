@@ -91,6 +91,11 @@ def stage_nodes(repo: Any) -> list[StageNode]:
     return [StageNode(name, upstream[name]) for name in names]
 
 
+def not_a_workspace(path: Path, why: str) -> FitlineError:
+    return FitlineError(f"{path} is not a git + DVC workspace ({why}); run in the project root, "
+                        "or create one with `git init && dvc init`")
+
+
 def check_workspace(root: str | os.PathLike[str]) -> Path:
     """`root` resolved, if it is a DVC workspace (a folder with `.dvc/`); else a FitlineError.
 
@@ -100,8 +105,7 @@ def check_workspace(root: str | os.PathLike[str]) -> Path:
     if not path.is_dir():
         raise FitlineError(f"{path}: no such folder")
     if not (path / ".dvc").is_dir():
-        raise FitlineError(f"{path} is not a DVC workspace (no .dvc/ folder); run in the project root, "
-                           "or create one with `git init && dvc init`")
+        raise not_a_workspace(path, "no .dvc/ folder")
     return path
 
 
@@ -189,8 +193,7 @@ class DvcWorkspace:
             try:
                 self._repo = Repo(os.fspath(self.root))
             except (NotDvcRepoError, SCMError) as exc:
-                raise FitlineError(f"{self.root} is not a git + DVC workspace ({exc}); run in the project "
-                                   "root, or create one with `git init && dvc init`") from None
+                raise not_a_workspace(self.root, str(exc)) from None
         return self._repo
 
     def invalidate(self) -> None:

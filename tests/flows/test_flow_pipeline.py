@@ -238,7 +238,7 @@ def test_not_a_workspace_is_one_line_and_writes_nothing(tmp_path, prefect_server
     assert not missing.exists()
     plain = tmp_path / "plain"
     plain.mkdir()
-    with pytest.raises(FitlineError, match=r"plain is not a DVC workspace \(no \.dvc/ folder\)"):
+    with pytest.raises(FitlineError, match=r"plain is not a git \+ DVC workspace \(no \.dvc/ folder\)"):
         run_pipeline(str(plain))
     assert list(plain.iterdir()) == []  # no .dvc/tmp lock folder made where none belongs
 
