@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.export import engines_for, export_onnx, latency_inputs, measure_latency, torch_threads
-from stages.models import build_model, fit_scaling
-from stages.predict import OnnxModel
-from stages.quantize import calibration_rows, quantize_model
+from stages.serving.onnx import engines_for, export_onnx, latency_inputs, measure_latency, torch_threads
+from stages.serving.predict import OnnxModel
+from stages.serving.quantize import calibration_rows, quantize_model
+from stages.training.models import build_model, fit_scaling
 
 
 def make_model(features: int, hidden: tuple[int, ...], task: str) -> tuple[torch.nn.Module, dict, np.ndarray]:

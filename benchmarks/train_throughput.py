@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stages.dataset import load_meta, load_splits
+from stages.core.params import DataParams, TrainParams
+from stages.data.splits import load_meta, load_splits
 from stages.generate import run as generate
-from stages.models import build_model, fit_scaling, weight_tensors
-from stages.params import DataParams, TrainParams
-from stages.train import model_config, train_model
+from stages.training.loop import model_config, train_model
+from stages.training.models import build_model, fit_scaling, weight_tensors
 
 
 def minimal_loop(p: TrainParams, splits: dict, meta: dict, device: torch.device, fused: bool = False) -> float:

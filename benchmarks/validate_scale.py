@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from stages.validation import checks
+from stages.validation import gx as gx_checks
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,8 +41,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from stages import generate
-    from stages.dataset import SPLITS, read_split_frame
-    from stages.params import DataParams, ValidateParams
+    from stages.core.contracts import SPLITS
+    from stages.core.params import DataParams, ValidateParams
+    from stages.data.splits import read_split_frame
 
     with tempfile.TemporaryDirectory(prefix="validate-scale-") as tmp:
         work = Path(tmp)
@@ -53,7 +57,9 @@ def main() -> None:
         rss_before = peak_rss_mib()
 
         t, cpu = time.perf_counter(), time.process_time()
-        from stages import expectations, validate, validation_report
+        from stages import validate
+        from stages.validation import expectations
+        from stages.validation import report as validation_report
         t_import, cpu_import = time.perf_counter() - t, time.process_time() - cpu
 
         t = time.perf_counter()
@@ -67,10 +73,10 @@ def main() -> None:
         t = time.perf_counter()
         columns = [*meta["feature_names"], meta["target"]]
         for s in SPLITS:
-            validate.row_hashes(frames[s], columns)
+            checks.row_hashes(frames[s], columns)
         t_hash = time.perf_counter() - t
 
-        context = validate.make_context(work / "data_docs")
+        context = gx_checks.make_context(work / "data_docs")
         t, cpu = time.perf_counter(), time.process_time()
         report = validate.run(params, frames, meta, context)
         t_run, cpu_run = time.perf_counter() - t, time.process_time() - cpu

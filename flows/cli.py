@@ -36,7 +36,7 @@ def gate(
     """Judge the model's metrics against params `gate`: exit 0 passed, 1 a rule failed, 2 cannot judge."""
     from pathlib import Path
 
-    from stages.gate import main as gate_main
+    from stages.tools.gate import main as gate_main
 
     result, markdown = gate_main(baseline, Path(report) if report else None, Path(json_out) if json_out else None)
     typer.echo(markdown)
@@ -54,7 +54,7 @@ def predict(
     Output: the input's non-feature columns (ids, the target) passed through, then `prediction`
     (regression) or `label` and `proba_<label>` (classification).
     """
-    from stages.predict import main as predict_main
+    from stages.serving.predict import main as predict_main
 
     predict_main(model, input, output)
 
@@ -70,9 +70,8 @@ def run(
     push: bool = typer.Option(False, "--push", help="dvc push to the default DVC remote after the run."),
 ) -> None:
     """Run the pipeline as a Prefect flow (the same as `python -m flows.pipeline`)."""
-    from stages.errors import FitlineError
-
     from flows.pipeline import run_pipeline
+    from stages.core.errors import FitlineError
 
     try:
         run_pipeline(root, retries, retry_delay, lock_timeout, pull=pull, push=push)
@@ -128,7 +127,7 @@ def sweep(
 ) -> None:
     """Grid search over params `sweep.grid`: a cached Prefect task per trial; reports/sweep.csv."""
     from flows.sweep import leaderboard_text, run_sweep
-    from stages.errors import FitlineError
+    from stages.core.errors import FitlineError
 
     try:
         result = run_sweep(root, runner=runner, workers=workers, dask_address=dask_address, apply=apply)
@@ -156,7 +155,7 @@ def compare(
     from pathlib import Path
 
     from flows.compare import run_compare
-    from stages.errors import FitlineError
+    from stages.core.errors import FitlineError
 
     try:
         result = run_compare(root, runner=runner, workers=workers, dask_address=dask_address)

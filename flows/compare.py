@@ -10,14 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.sweep import RunOptions, call_flow, run_trials  # sets Prefect's env first
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from stages.compare import REPORT_PATH, Comparison, compare, compare_plan, report_markdown, write_comparison
-from stages.dataset import load_meta
-from stages.errors import FitlineError
-from stages.params import load_params
-from stages.sweep import check_validated, trial_params
+
+from flows.sweep import RunOptions, call_flow, run_trials  # sets Prefect's env first
+from stages.core.errors import FitlineError
+from stages.core.params import load_params
+from stages.data.splits import load_meta
+from stages.tools.compare import REPORT_PATH, Comparison, compare, compare_plan, report_markdown, write_comparison
+from stages.tools.sweep import check_validated, trial_params
 
 FLOW_NAME = "fitline-compare"
 ARTIFACT_KEY = "fitline-compare"

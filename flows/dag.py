@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.errors import FitlineError
+from stages.core.errors import FitlineError
 
 log = logging.getLogger(__name__)
 

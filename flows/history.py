@@ -193,9 +193,9 @@ def gate_metrics(root: str | os.PathLike[str]) -> list[str]:
     """The metrics the workspace's gate judges (params `gate`), in rule order; [] without a
     readable params.yaml or gate section. They are the default columns of `fitline history`:
     every numeric metric makes a table some 90 columns wide."""
-    from stages.errors import FitlineError
-    from stages.gate_rules import parse_rules
-    from stages.params import load_params
+    from stages.core.errors import FitlineError
+    from stages.core.params import load_params
+    from stages.tools.gate_rules import parse_rules
 
     path = Path(root) / "params.yaml"
     if not path.is_file():

@@ -52,7 +52,7 @@ from flows.history import git_commit, metrics_row, record_run  # noqa: E402
 from flows.interactive import command_line_run  # noqa: E402
 from flows.stage_run import DvcRunner, StageFailed, repro_stage  # noqa: E402
 from flows.workspace_lock import workspace_lock  # noqa: E402
-from stages.errors import FitlineError  # noqa: E402
+from stages.core.errors import FitlineError  # noqa: E402
 
 FLOW_NAME = "fitline-pipeline"
 # Prefect's cache records of a workspace live beside DVC's own temporary state: they describe
@@ -336,6 +336,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from stages.errors import run_main
+    from stages.core.errors import run_main
 
     run_main(main, "run")

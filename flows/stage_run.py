@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.errors import FitlineError
+from stages.core.errors import FitlineError
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,10 @@ from prefect.artifacts import create_table_artifact  # noqa: E402
 from prefect.context import TaskRunContext  # noqa: E402
 
 from flows.interactive import command_line_run  # noqa: E402
-from stages.dataset import Split, load_meta, load_splits  # noqa: E402
-from stages.errors import FitlineError, ParamsError  # noqa: E402
-from stages.params import EvaluateParams, TrainParams, load_params  # noqa: E402
-from stages.sweep import (  # noqa: E402
+from stages.core.errors import FitlineError, ParamsError  # noqa: E402
+from stages.core.params import EvaluateParams, TrainParams, load_params  # noqa: E402
+from stages.data.splits import Split, load_meta, load_splits  # noqa: E402
+from stages.tools.sweep import (  # noqa: E402
     LEADERBOARD_PATH,
     apply_best,
     check_validated,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from stages.errors import FitlineError
+from stages.core.errors import FitlineError
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from stages.compare import best_per_optimizer, compare, compare_plan, grid_edge, reach, target_value
-from stages.params import CompareParams, TrainParams
+from stages.core.params import CompareParams, TrainParams
+from stages.tools.compare import best_per_optimizer, compare, compare_plan, grid_edge, reach, target_value
 from tests.flows.test_sweep import PARAMS_TEXT, make_workspace
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from flows.dag import checkout_stage, metrics_paths, read_dag, stage_states
 from tests.conftest import make_pipeline_repo, run_cmd
 from tests.flows.conftest import set_param
-
-from flows.dag import checkout_stage, metrics_paths, read_dag, stage_states
 
 
 def test_toy_dag_in_dependency_order(toy_repo):

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import json
 
+from flows.history import (
+    Commit,
+    HistoryEntry,
+    collect_metrics,
+    default_columns,
+    flatten,
+    format_history,
+    gate_metrics,
+    git_commit,
+    metric_prefix,
+    metrics_row,
+    per_commit,
+    report_markdown,
+)
 from tests.conftest import run_cmd
-
-from flows.history import (Commit, HistoryEntry, collect_metrics, default_columns, flatten, format_history,
-                           gate_metrics, git_commit, metric_prefix, metrics_row, per_commit, report_markdown)
 
 
 def test_flatten_nested_json_to_dotted_keys():

@@ -6,15 +6,14 @@ import time
 
 import pytest
 
-from tests.conftest import run_cmd
-from tests.flows.conftest import inject, set_param, toy_runs
-
 from flows.history import read_history
 from flows.interactive import interactive_heartbeat
 from flows.pipeline import run_pipeline, training_pipeline
 from flows.stage_run import StageFailed
-from stages.errors import FitlineError
 from flows.workspace_lock import WorkspaceBusy, workspace_lock
+from stages.core.errors import FitlineError
+from tests.conftest import run_cmd
+from tests.flows.conftest import inject, set_param, toy_runs
 
 ALL = ["a", "b", "c", "d"]
 

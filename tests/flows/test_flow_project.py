@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SMALL_PARAMS, make_pipeline_repo, run_cmd
-
 from flows.dag import metrics_paths, read_dag
 from flows.history import metric_prefix, read_history
 from flows.pipeline import training_pipeline
+from tests.conftest import ROOT, SMALL_PARAMS, make_pipeline_repo, run_cmd
 
 
 def _merge(base: dict, over: dict) -> dict:

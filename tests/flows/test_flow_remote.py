@@ -6,12 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from flows.pipeline import parse_args, training_pipeline
+from stages.core.errors import FitlineError
 from tests.conftest import run_cmd
 from tests.flows.conftest import make_toy_repo, toy_runs
-
-from stages.errors import FitlineError
-
-from flows.pipeline import parse_args, training_pipeline
 
 ALL = ["a", "b", "c", "d"]
 

@@ -7,10 +7,9 @@ import threading
 
 import pytest
 
+from flows.stage_run import DvcRunner, StageFailed, classify_failure, repro_stage, stage_error_line
 from tests.conftest import run_cmd
 from tests.flows.conftest import inject, set_param, toy_runs
-
-from flows.stage_run import DvcRunner, StageFailed, classify_failure, repro_stage, stage_error_line
 
 VALIDATE_FAILED = """\
 Running stage 'validate':

@@ -15,9 +15,9 @@ import yaml
 
 from flows.sweep import RunOptions, cache_storage, leaderboard_text, run_sweep, sweep_flow
 from stages import generate
-from stages.errors import DataError, FitlineError, ParamsError
-from stages.params import EvaluateParams, TrainParams, parse_params
-from stages.sweep import (
+from stages.core.errors import DataError, FitlineError, ParamsError
+from stages.core.params import EvaluateParams, TrainParams, parse_params
+from stages.tools.sweep import (
     apply_best,
     apply_overrides,
     check_validated,

@@ -1,0 +1,92 @@
+"""The files stages exchange: every path the pipeline reads or writes, relative to the workspace
+root, and the typed readers and writers of the ones several modules share.
+
+No other module spells a path: dvc.yaml, the stages, the tools and the flows all name these
+files, so a path changes here or nowhere (tests/core/test_contracts.py compares this list with
+dvc.yaml's outputs).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from stages.core.errors import DataError
+
+PARAMS_PATH = Path("params.yaml")
+
+# generate -> validate, train, evaluate, export
+DATA_DIR = Path("data")
+RAW_DIR = DATA_DIR / "raw"  # user files: a DVC dependency of generate (data/raw/README.md)
+SPLITS = ("train", "val", "test")
+META_NAME = "meta.json"
+META_PATH = DATA_DIR / META_NAME
+
+# validate
+VALIDATION_REPORT_PATH = Path("reports/validation.json")
+DATA_DOCS_DIR = Path("reports/data_docs")
+
+# train
+MODELS_DIR = Path("models")
+MODEL_PATH = MODELS_DIR / "model.pt"
+CHECKPOINT_DIR = Path("checkpoints")
+CHECKPOINT_NAME = "checkpoint.pt"
+LIVE_DIR = "dvclive"  # dvclive's own folder (plots/metrics/*.tsv), a plots output of train
+TRAIN_METRICS_PATH = Path("metrics/train.json")
+HISTORY_PATH = Path("metrics/train_history.csv")
+
+# evaluate
+EVAL_METRICS_PATH = Path("metrics/eval.json")
+REPORTS_DIR = Path("reports")
+PREDICTIONS_CSV = REPORTS_DIR / "predictions.csv"
+CONFUSION_CSV = REPORTS_DIR / "confusion.csv"
+LEARNING_CURVES_PNG = REPORTS_DIR / "learning_curves.png"
+PREDICTIONS_PNG = REPORTS_DIR / "predictions.png"
+FIT_REPORT_PATH = REPORTS_DIR / "fit.md"
+
+# export
+ONNX_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
+ONNX_PATH = MODELS_DIR / ONNX_NAME
+INT8_PATH = MODELS_DIR / INT8_NAME
+EXPORT_METRICS_PATH = Path("metrics/export.json")
+
+# metrics files by the short name gate rules use (`eval.test.r2` -> metrics/eval.json)
+METRICS_FILES = {"eval": EVAL_METRICS_PATH, "export": EXPORT_METRICS_PATH, "train": TRAIN_METRICS_PATH}
+
+# tools (not stages): sweep, compare
+SWEEP_LEADERBOARD_PATH = REPORTS_DIR / "sweep.csv"
+COMPARE_REPORT_PATH = REPORTS_DIR / "compare.md"
+COMPARE_CURVES_PATH = REPORTS_DIR / "compare.csv"
+COMPARE_CHART_PATH = REPORTS_DIR / "compare.png"
+
+
+def split_path(name: str, data_dir: str | Path = DATA_DIR) -> Path:
+    """data/<split>.parquet"""
+    return Path(data_dir) / f"{name}.parquet"
+
+
+# ------------------------------------------------------------------ the training history
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "epoch_seconds")
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    """metrics/train_history.csv's text: one row per epoch, floats as repr (exact round trip)."""
+    rows = [",".join(HISTORY_COLUMNS)]
+    rows += [",".join(repr(rec[c]) for c in HISTORY_COLUMNS) for rec in history]
+    return "\n".join(rows) + "\n"
+
+
+def read_history(path: str | Path = HISTORY_PATH) -> list[dict[str, Any]]:
+    """metrics/train_history.csv as a list of per-epoch dicts (numbers as float, epoch as int)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found (run the train stage first)")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: not a training history (columns epoch, train_loss, val_loss, ...)") from None

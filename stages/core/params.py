@@ -1,0 +1,412 @@
+"""Typed, frozen params: params.yaml is parsed here once, and nowhere else.
+
+Each section of params.yaml is one pydantic model. Unknown keys, wrong types, out-of-range
+values and inconsistent combinations are rejected before any work is done, with a one-line
+`ParamsError` naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stages.core.errors import ParamsError
+
+PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+class SplitParams(Section):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(
+                f"data.split: train + val + test = {total:g}, must sum to 1 "
+                f"(got train={self.train:g}, val={self.val:g}, test={self.test:g})"
+            )
+        return self
+
+
+class DataParams(Section):
+    source: Literal["synthetic", "file"] = "synthetic"
+    kind: Literal["linear", "friedman", "classification"] = "friedman"
+    path: str | None = None
+    target: str = Field("y", min_length=1)
+    task: Literal["auto", "regression", "classification"] = "auto"
+    n_samples: int = Field(20000, ge=20, le=1_000_000_000)
+    n_features: int = Field(10, ge=1, le=100_000)
+    n_informative: int = Field(5, ge=1)
+    n_classes: int = Field(2, ge=2, le=1000)
+    noise: float = Field(1.0, ge=0)
+    class_sep: float = Field(2.0, gt=0)
+    class_weights: tuple[float, ...] | None = None
+    split: SplitParams = SplitParams()
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    chunk_rows: int = Field(1_000_000, ge=1000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataParams:
+        if self.source == "file":
+            if not self.path:
+                raise ValueError("data.path: required when data.source is 'file' (a .csv or .parquet file)")
+            if Path(self.path).suffix.lower() not in {".csv", ".parquet", ".pq"}:
+                raise ValueError(f"data.path: {self.path!r} must end in .csv or .parquet")
+            return self
+        if self.n_informative > self.n_features:
+            raise ValueError(
+                f"data.n_informative: {self.n_informative} exceeds data.n_features={self.n_features}"
+            )
+        if self.kind == "friedman" and self.n_features < 5:
+            raise ValueError(f"data.n_features: {self.n_features}; kind 'friedman' needs at least 5")
+        if self.kind == "classification":
+            if self.noise >= 1:
+                raise ValueError(
+                    f"data.noise: {self.noise:g}; for classification it is a label-flip rate in [0, 1)"
+                )
+            if self.class_weights is not None:
+                if len(self.class_weights) != self.n_classes:
+                    raise ValueError(
+                        f"data.class_weights: {len(self.class_weights)} weights given, "
+                        f"data.n_classes is {self.n_classes}"
+                    )
+                if any(w <= 0 for w in self.class_weights) or not math.isclose(
+                    sum(self.class_weights), 1.0, abs_tol=1e-6
+                ):
+                    raise ValueError(
+                        f"data.class_weights: {list(self.class_weights)} must be positive and sum to 1"
+                    )
+        elif self.class_weights is not None:
+            raise ValueError("data.class_weights: only allowed with kind 'classification'")
+        for name in ("train", "val", "test"):
+            if round(self.n_samples * getattr(self.split, name)) < 1:
+                raise ValueError(
+                    f"data.split.{name}: {getattr(self.split, name):g} of {self.n_samples} rows is empty"
+                )
+        return self
+
+
+# ----------------------------------------------------------------------------------- validate
+
+
+class ValidateParams(Section):
+    min_rows: int = Field(1, ge=1)  # per split
+    # {column: [low, high]}; columns not named get robust bounds derived from the train split
+    feature_bounds: dict[str, tuple[float, float]] | None = None
+    # robust bounds: train quantiles [q, 1-q] widened by margin x (q_hi - q_lo) on each side
+    bounds_quantile: float = Field(0.001, ge=0, lt=0.5)
+    bounds_margin: float = Field(1.0, ge=0, allow_inf_nan=False)
+    target_bounds: tuple[float, float] | None = None  # regression; null = robust bounds from train
+    class_balance_tol: float = Field(0.05, gt=0, le=1)
+    drift_mean_tol: float = Field(0.25, gt=0, allow_inf_nan=False)  # in train stds
+    drift_std_tol: float = Field(0.25, gt=0, allow_inf_nan=False)  # relative to train's std
+    # drift tolerances widen to this many standard errors of the statistic in small splits
+    drift_noise_z: float = Field(5.0, ge=0, allow_inf_nan=False)
+    check_leakage: bool = True
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ValidateParams:
+        for col, (lo, hi) in (self.feature_bounds or {}).items():
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"validate.feature_bounds.{col}: [{lo:g}, {hi:g}] must be finite (inf must fail)")
+            if not lo < hi:
+                raise ValueError(f"validate.feature_bounds.{col}: low {lo:g} must be below high {hi:g}")
+        if self.target_bounds is not None and not (
+            math.isfinite(self.target_bounds[0]) and math.isfinite(self.target_bounds[1])
+            and self.target_bounds[0] < self.target_bounds[1]
+        ):
+            raise ValueError(f"validate.target_bounds: {list(self.target_bounds)} must be finite [low, high]")
+        return self
+
+
+# -------------------------------------------------------------------------------------- train
+
+
+class EarlyStoppingParams(Section):
+    patience: int | None = Field(20, ge=1)  # null disables early stopping
+    min_delta: float = Field(0.0, ge=0)
+
+
+class DistributedParams(Section):
+    # enabled: `python -m stages.train` relaunches itself as nproc DDP workers (torch.distributed.run);
+    # a run already started by torchrun is distributed whatever this says (see stages/distributed.py)
+    enabled: bool = False
+    nproc: int = Field(2, ge=1, le=1024)  # workers on this machine (one per GPU for CUDA)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl when training on CUDA, else gloo
+
+
+OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+
+
+class TrainParams(Section):
+    model: Literal["linear", "mlp"] = "mlp"
+    scaling: Literal["standard", "none"] = "standard"
+    hidden: tuple[int, ...] = (64, 64)
+    activation: Literal["relu", "gelu", "tanh"] = "relu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    loss: Literal["auto", "mse", "huber", "cross_entropy"] = "auto"
+    huber_delta: float = Field(1.0, gt=0)
+    optimizer: Literal["gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"] = "adam"
+    lr: float = Field(0.003, gt=0, le=100)  # issue: 0.001; see the train section of params.yaml
+    momentum: float = Field(0.9, ge=0, lt=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(200, ge=1, le=1_000_000)
+    regularizer: Literal["none", "l1", "l2", "elastic_net"] = "l2"
+    reg_strength: float = Field(0.001, ge=0)  # issue: 0.0001
+    l1_ratio: float = Field(0.5, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "exponential", "step", "cosine"] = "constant"
+    gamma: float = Field(0.99, gt=0, le=1)
+    step_size: int = Field(30, ge=1)
+    warmup_epochs: int = Field(0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    checkpoint_every: int = Field(10, ge=1)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    distributed: DistributedParams = DistributedParams()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainParams:
+        if self.model == "mlp" and (not self.hidden or any(h < 1 for h in self.hidden)):
+            raise ValueError(f"train.hidden: {list(self.hidden)}; an mlp needs one or more positive layer sizes")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas: {list(self.betas)}; each must be in [0, 1)")
+        if self.weight_decay > 0 and self.optimizer != "adamw":
+            raise ValueError(
+                f"train.weight_decay: {self.weight_decay:g} is decoupled decay for optimizer 'adamw' only "
+                f"(optimizer is {self.optimizer!r}); use regularizer 'l2' instead"
+            )
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"train.warmup_epochs: {self.warmup_epochs} must be below train.epochs={self.epochs}")
+        if self.precision == "bf16" and self.device == "cpu":
+            raise ValueError("train.precision: 'bf16' needs device 'cuda' or 'auto' (it is CUDA only)")
+        return self
+
+
+# ----------------------------------------------------------------------------------- evaluate
+
+
+class EvaluateParams(Section):
+    # The "loss" judged is MSE (regression) or log loss (classification), on the whole split.
+    # underfit (synthetic data): train loss above this multiple of the irreducible loss
+    underfit_noise_ratio: float = Field(1.5, gt=1)
+    # underfit (no ground truth): train skill over the constant baseline below this
+    # (regression: R²; classification: 1 - error rate / baseline error rate)
+    min_skill: float = Field(0.1, ge=0, lt=1)
+    # overfit: generalisation gap (val - train) / train above this
+    overfit_gap: float = Field(0.3, gt=0)
+    # losses and gaps smaller than this fraction of the constant baseline's loss count as zero
+    # (keeps noise-free data, where train loss -> 0, from turning ratios into noise)
+    negligible: float = Field(0.01, ge=0, lt=1)
+    # overfit: the gap must also exceed this many standard errors of (val - train), so that
+    # sampling noise of small splits is not called overfitting (0 = off)
+    gap_z: float = Field(3.0, ge=0)
+    # learning curve: overfit when the best val epoch comes before this fraction of the epochs
+    # run AND the final val loss is more than val_rise (relative) above its minimum
+    early_best_fraction: float = Field(0.5, gt=0, lt=1)
+    val_rise: float = Field(0.1, gt=0)
+    # plots: at most this many test rows (a seeded sample) in reports/predictions.csv
+    plot_points: int = Field(5000, ge=10)
+
+
+# ------------------------------------------------------------------------------------- export
+
+
+class ExportParams(Section):
+    opset: int = Field(20, ge=18, le=23)
+    quantization: Literal["none", "dynamic", "static"] = "dynamic"
+    calibration_rows: int = Field(1000, ge=1)
+    parity_atol: float = Field(1.0e-4, gt=0)
+    parity_rtol: float = Field(1.0e-5, ge=0)
+    max_metric_drop: float = Field(0.01, ge=0)
+    latency_repeats: int = Field(20, ge=1)
+
+
+# --------------------------------------------------------------------------------------- gate
+
+
+# The rule grammar ("eval.test.r2 >= 0.85") is parsed by stages/gate_rules.py when the gate
+# starts, not here: every stage depends on params.py, and the gate's grammar must not be one of
+# their dependencies. A malformed rule makes the gate exit 2 naming the rule.
+TaskName = Literal["regression", "classification"]
+
+
+class AbsoluteRule(Section):
+    rule: str = Field(min_length=1)  # e.g. "eval.test.accuracy >= 0.9"
+    when: TaskName | None = None  # only judged for this task (from data/meta.json); else skipped
+
+
+class RegressionRule(Section):
+    metric: str = Field(min_length=1)  # e.g. eval.test.rmse
+    better: Literal["higher", "lower"]
+    # allowed worsening against the baseline = max(abs_tol, rel_tol * |baseline|)
+    abs_tol: float = Field(0.0, ge=0, allow_inf_nan=False)
+    rel_tol: float = Field(0.0, ge=0, allow_inf_nan=False)
+    when: TaskName | None = None
+
+
+class GateParams(Section):
+    # absolute rules: "PATH OP VALUE" strings, or {rule: "...", when: regression|classification}
+    rules: tuple[str | AbsoluteRule, ...] = ()
+    regressions: tuple[RegressionRule, ...] = ()
+
+
+# -------------------------------------------------------------------------------------- sweep
+
+
+OptimizerName = Literal["gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+
+# `fitline compare` tries each optimizer at these learning rates and keeps the best. fitline
+# trains on standardised features and target, so one grid serves most data; each is centred on
+# the best of a 5-value grid measured on the default data (friedman, 20000 rows, mlp 64x64).
+COMPARE_LRS: dict[str, tuple[float, ...]] = {
+    "gd": (0.01, 0.03, 0.1),  # full batch: one step per epoch; 0.3 and above diverge or stall
+    "sgd": (0.03, 0.1, 0.3),
+    "momentum": (0.01, 0.03, 0.1),  # momentum 0.9 multiplies the step by about 10
+    "nesterov": (0.01, 0.03, 0.1),
+    "adagrad": (0.01, 0.03, 0.1),
+    "rmsprop": (0.00003, 0.0001, 0.0003),  # with momentum 0.9 (train.momentum)
+    "adam": (0.0003, 0.001, 0.003),
+    "adamw": (0.0003, 0.001, 0.003),
+}
+# train keys a sweep grid may name besides the top-level ones of TrainParams
+NESTED_TRAIN_KEYS = ("early_stopping.patience", "early_stopping.min_delta")
+
+
+class CompareParams(Section):
+    optimizers: tuple[OptimizerName, ...] = OPTIMIZERS
+    # per-optimizer learning rates to try; an optimizer not named here uses COMPARE_LRS
+    lrs: dict[OptimizerName, tuple[float, ...]] = Field(default_factory=dict)
+    epochs: int | None = Field(None, ge=1)  # null = train.epochs; early stopping is off in a comparison
+    weight_decay: float = Field(0.01, ge=0)  # adamw's decoupled decay (the others get none)
+    target_loss: float | None = Field(None, gt=0)  # null = target_ratio x the best final val loss
+    target_ratio: float = Field(1.1, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompareParams:
+        if not self.optimizers:
+            raise ValueError("sweep.compare.optimizers: empty; name one or more of " + ", ".join(OPTIMIZERS))
+        if len(set(self.optimizers)) != len(self.optimizers):
+            raise ValueError(f"sweep.compare.optimizers: {list(self.optimizers)} names an optimizer twice")
+        for name, lrs in self.lrs.items():
+            if not lrs or not all(0 < lr <= 100 and math.isfinite(lr) for lr in lrs):
+                raise ValueError(f"sweep.compare.lrs.{name}: {list(lrs)}; give one or more learning rates in (0, 100]")
+        return self
+
+    def lrs_for(self, optimizer: str) -> tuple[float, ...]:
+        return self.lrs.get(optimizer, COMPARE_LRS[optimizer])  # type: ignore[call-overload]
+
+
+class SweepParams(Section):
+    # train key -> values to try; every combination is one trial (dotted keys for early_stopping)
+    grid: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
+    workers: int = Field(2, ge=1)  # trials run at once
+    runner: Literal["threads", "processes", "dask"] = "threads"
+    dask_address: str | None = None  # runner dask: a scheduler address; null = a local cluster
+    compare: CompareParams = CompareParams()
+
+    @model_validator(mode="after")
+    def _grid_keys(self) -> SweepParams:
+        allowed = sorted(k for k in TrainParams.model_fields if k != "early_stopping") + list(NESTED_TRAIN_KEYS)
+        for key, values in self.grid.items():
+            if key not in allowed:
+                raise ValueError(f"sweep.grid: unknown train key {key!r} (allowed: {', '.join(allowed)})")
+            if not values:
+                raise ValueError(f"sweep.grid.{key}: no values; give a list of one or more values to try")
+        if self.dask_address and self.runner != "dask":
+            raise ValueError(f"sweep.dask_address: set, but sweep.runner is {self.runner!r} (use runner: dask)")
+        return self
+
+
+# -------------------------------------------------------------------------------------- all
+
+
+class Params(Section):
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+    gate: GateParams = GateParams()
+    sweep: SweepParams = SweepParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def validate_params(self) -> ValidateParams:
+        return self.validate_
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at `loc` (for listing allowed keys)."""
+    model: Any = Params
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = next(
+            (f for name, f in model.model_fields.items() if part in (name, f.alias)), None
+        )
+        if field is None:
+            return model
+        model = field.annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "params"
+    if err["type"] == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        allowed = sorted(f.alias or n for n, f in owner.model_fields.items()) if owner else []
+        where = ".".join(str(p) for p in loc[:-1]) or "top level"
+        return f"unknown key {key!r} (allowed in {where}: {', '.join(allowed)})"
+    if err["type"] == "value_error":
+        return str(err["ctx"]["error"])
+    return f"{key}: {err['input']!r} is not allowed: {err['msg']}"
+
+
+def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+    """Validate a params mapping (as read from YAML) into typed `Params`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        messages = [_describe(e) for e in exc.errors()]
+        more = f" (and {len(messages) - 1} more: {'; '.join(messages[1:])})" if len(messages) > 1 else ""
+        raise ParamsError(f"{source}: {messages[0]}{more}") from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; a ParamsError names the problem in one line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the project root)") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_params(raw, str(path))

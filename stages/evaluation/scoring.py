@@ -1,0 +1,95 @@
+"""Metrics on every split, a constant baseline, the noise floor and the fit diagnosis.
+
+`evaluate_model` is the in-process entry (a sweep calls it per trial): it returns the content of
+metrics/eval.json and writes nothing.
+"""
+
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stages.core.contracts import MODEL_PATH, SPLITS
+from stages.core.errors import DataError
+from stages.core.params import EvaluateParams
+from stages.data.splits import Split
+from stages.evaluation.diagnosis import fit_diagnosis
+from stages.evaluation.metrics import baseline_metrics, compute_metrics
+
+if TYPE_CHECKING:  # torch is imported where a model is run: the stage's error paths stay light
+    from torch import nn
+
+
+PREDICT_CHUNK = 65536  # rows per forward pass
+
+
+@dataclass
+class Evaluation:
+    report: dict[str, Any]  # the content of metrics/eval.json
+    outputs: dict[str, np.ndarray]  # per split: predictions (N,) or logits (N, K)
+
+
+def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Model outputs for raw features, in chunks on the model's device, as float64 numpy."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = [model(torch.tensor(x[i : i + PREDICT_CHUNK], device=device)).float().cpu().numpy()
+               for i in range(0, len(x), PREDICT_CHUNK)]
+    return np.concatenate(out).astype(np.float64) if out else np.empty((0,))
+
+
+def score_outputs(params: EvaluateParams, outputs: dict[str, np.ndarray], splits: dict[str, Split],
+                  meta: dict[str, Any], history: list[dict[str, Any]], *,
+                  restored_best: bool | None = None) -> dict[str, Any]:
+    """eval.json from model outputs per split: metrics, baseline, noise floor and the fit."""
+    task = meta["task"]
+    n_classes = len(meta["classes"]) if task == "classification" else None
+    for name in ("train", "val"):
+        if name not in outputs:
+            raise DataError(f"evaluate: split {name!r} is needed for the fit diagnosis")
+    names = [s for s in SPLITS if s in outputs]
+    report: dict[str, Any] = {"task": task}
+    for name in names:
+        out = outputs[name]
+        if not np.isfinite(out).all():
+            raise DataError(f"evaluate: the model gives non-finite outputs on the {name} split")
+        report[name] = {**compute_metrics(task, splits[name].y, out, n_classes), "n": int(len(out))}
+    y_train = splits["train"].y
+    report["baseline"] = {name: baseline_metrics(task, y_train, splits[name].y, n_classes) for name in names}
+    truth = meta.get("ground_truth")
+    report["irreducible"] = truth.get("irreducible") if truth else None
+    report["fit"] = fit_diagnosis(params, report, history, meta, restored_best=restored_best)
+    return report
+
+
+def check_model_fits(cfg: dict[str, Any], meta: dict[str, Any]) -> None:
+    """The model was trained on this data's features and task (else: re-run train)."""
+    if cfg.get("task") != meta["task"] or list(cfg.get("feature_names", [])) != list(meta["feature_names"]):
+        raise DataError(
+            f"{MODEL_PATH}: trained for task {cfg.get('task')!r} on features {cfg.get('feature_names')}, "
+            f"but data/meta.json has task {meta['task']!r} and features {meta['feature_names']} "
+            "(re-run the train stage)"
+        )
+
+
+def evaluate_splits(params: EvaluateParams, model: nn.Module, splits: dict[str, Split], meta: dict[str, Any],
+        history: list[dict[str, Any]], *, restored_best: bool | None = None) -> Evaluation:
+    outputs = {name: predict(model, split.x) for name, split in splits.items()}
+    report = score_outputs(params, outputs, splits, meta, history, restored_best=restored_best)
+    return Evaluation(report=report, outputs=outputs)
+
+
+def evaluate_model(params: EvaluateParams, model: nn.Module, splits: dict[str, Split], meta: dict[str, Any],
+                   history: list[dict[str, Any]], *, restored_best: bool | None = None) -> dict[str, Any]:
+    """The whole content of metrics/eval.json for an in-memory model; writes nothing.
+
+    `history` is TrainResult.history (per-epoch train/val loss); `restored_best` is
+    TrainResult.metrics["restored_best"] when known (else inferred from the curve).
+    """
+    return evaluate_splits(params, model, splits, meta, history, restored_best=restored_best).report

@@ -1,0 +1,285 @@
+"""The trained model as ONNX (fp32, parity-checked) and int8, with metrics.
+
+1. The torch model, wrapped so the graph serves what users need (regression `prediction`;
+   classification `probabilities` via softmax and `label` via argmax), is exported with the
+   dynamo exporter as ONE file with a dynamic batch dimension, and checked by onnx.checker
+   (full check). Feature names, target, task and class labels go into its metadata.
+2. Parity: ONNX Runtime fp32 against torch on the whole test split (regression predictions,
+   classification probabilities); any output off by more than `parity_atol + parity_rtol *
+   |torch output|` fails (float32 rounding grows with the output: a price of 1e5 is off by a
+   few 1e-3 from summation order alone).
+3. Int8 (see stages/quantize.py); its main test metric (regression R², classification
+   accuracy) against the fp32 model's; a drop over `export.max_metric_drop` fails.
+4. Latency (median ms per call, batch 1 and 1024) for torch eager, ONNX fp32 and int8.
+
+Both models are written to temporary files beside their destination and renamed only when
+every check passed: a failed export never replaces a good artifact.
+"""
+
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from stages.core.contracts import INT8_NAME, MODEL_PATH, MODELS_DIR, ONNX_NAME
+from stages.core.errors import DataError, ExportError
+from stages.core.io import atomic_path
+from stages.core.params import ExportParams
+from stages.data.splits import Split
+from stages.evaluation.metrics import regression_metrics
+from stages.serving.predict import CLASSIFICATION_OUTPUTS, INPUT_NAME, METADATA_KEY, REGRESSION_OUTPUTS, OnnxModel
+from stages.serving.quantize import calibration_rows, quantize_model
+
+log = logging.getLogger(__name__)
+
+
+LATENCY_BATCHES = {"batch_1": 1, "batch_1024": 1024}
+
+
+# Latency is measured on one thread for every engine. With several, torch's OpenMP workers
+# wait on each other whenever the host is busy (15 ms instead of 0.1 ms for one batch of 1024
+# on this shared 2-core machine): the figures measured the neighbours, not the model.
+LATENCY_THREADS = 1
+
+
+TORCH_CHUNK = 65536
+
+
+class ServingModel(nn.Module):
+    """The trained model plus what serving needs on top of it: softmax and argmax."""
+
+    def __init__(self, model: nn.Module, task: str) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(features)
+        if self.task == "regression":
+            return out
+        proba = torch.softmax(out, dim=-1)
+        return proba, torch.argmax(proba, dim=-1)
+
+
+def model_metadata(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What predict needs to serve the model, stored in the ONNX file."""
+    return {
+        "task": cfg["task"],
+        "feature_names": list(cfg["feature_names"]),
+        "target": cfg["target"],
+        "classes": list(cfg["classes"]) if cfg.get("classes") is not None else None,
+        "model": cfg.get("model"),
+    }
+
+
+def export_onnx(model: nn.Module, cfg: dict[str, Any], dest: Path, opset: int) -> None:
+    """Write `model` (eval mode, CPU) to `dest` as a single-file ONNX model and check it."""
+    task = cfg["task"]
+    serving = ServingModel(model, task).eval()
+    # batch 2, not 1: torch.export specialises sizes 0 and 1 instead of keeping them symbolic
+    example = torch.zeros((2, int(cfg["n_features"])), dtype=torch.float32)
+    outputs = REGRESSION_OUTPUTS if task == "regression" else CLASSIFICATION_OUTPUTS
+    try:
+        with warnings.catch_warnings():
+            # torch.export's deprecation notice about its own pytree internals, not about this call
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            program = torch.onnx.export(
+                serving, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
+                external_data=False, opset_version=opset, input_names=[INPUT_NAME],
+                output_names=list(outputs), verbose=False,
+            )
+    except Exception as exc:  # the exporter wraps failures in several types; one line is enough
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(model_metadata(cfg), sort_keys=True)})
+    onnx.save_model(proto, str(dest))
+    try:
+        onnx.checker.check_model(str(dest), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"exported model fails onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+
+
+@torch.no_grad()
+def torch_primary(model: nn.Module, task: str, x: np.ndarray) -> np.ndarray:
+    """Torch's counterpart of the graph's main output: predictions, or class probabilities."""
+    parts = []
+    for i in range(0, len(x), TORCH_CHUNK):
+        chunk = x[i : i + TORCH_CHUNK]  # parquet-backed arrays are read-only; torch wants writable
+        out = model(torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy()))
+        parts.append((out if task == "regression" else torch.softmax(out, dim=-1)).numpy())
+    return np.concatenate(parts)
+
+
+def primary(task: str, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    return outputs["prediction"] if task == "regression" else outputs["probabilities"]
+
+
+def metric_name(task: str) -> str:
+    # R², not RMSE: it is scale-free, so one max_metric_drop means the same for any target
+    return "r2" if task == "regression" else "accuracy"
+
+
+def test_metric(task: str, y: np.ndarray, main_output: np.ndarray) -> float:
+    """Regression R² (stages.metrics, as in metrics/eval.json); accuracy of argmax(probabilities)."""
+    if task == "regression":
+        return regression_metrics(y, main_output)["r2"]
+    return float((main_output.argmax(axis=1) == y).mean())
+
+
+def check_parity(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> tuple[float, float]:
+    """ONNX outputs `got` against torch's `want`, element by element: |got - want| <= atol + rtol
+    * |want|. Return (max abs difference, max of difference / allowed: 1.0 = at the tolerance);
+    over the tolerance (or NaN) is an ExportError naming the worst output."""
+    if not len(want):
+        return 0.0, 0.0
+    diff = np.abs(got.astype(np.float64) - want)
+    scaled = diff / (atol + rtol * np.abs(want))
+    worst = int(np.nanargmax(scaled)) if not np.isnan(scaled).all() else 0
+    max_abs, max_scaled = float(diff.max()), float(scaled.max())
+    if not max_scaled <= 1.0:  # also catches NaN
+        raise ExportError(
+            f"ONNX fp32 output differs from torch on the test split by {diff.flat[worst]:.3g} where torch gives "
+            f"{want.flat[worst]:.6g}, over export.parity_atol {atol:.3g} + export.parity_rtol {rtol:.3g} x |output| "
+            f"(max abs difference {max_abs:.3g})"
+        )
+    return max_abs, max_scaled
+
+
+def check_metric_drop(name: str, fp32: float, int8: float, budget: float) -> float:
+    """fp32 - int8 (both higher-is-better); over `budget` is an ExportError giving both."""
+    drop = fp32 - int8
+    if not drop <= budget + 1e-12:  # a drop of exactly the budget passes despite float rounding
+        raise ExportError(
+            f"int8 test {name} {int8:.4f} vs fp32 {fp32:.4f}: drop {drop:.4f} over export.max_metric_drop {budget:g}"
+        )
+    return drop
+
+
+def measure_latency(
+    engines: dict[str, Callable[[np.ndarray], object]], inputs: dict[str, np.ndarray], repeats: int, warmup: int = 3
+) -> dict[str, dict[str, float]]:
+    """Median wall ms per call of each engine on each input; engines are interleaved within a
+    repeat so that load from other processes hits all of them alike."""
+    times: dict[str, dict[str, list[float]]] = {e: {b: [] for b in inputs} for e in engines}
+    for b, x in inputs.items():
+        for _ in range(warmup):
+            for fn in engines.values():
+                fn(x)
+        for _ in range(repeats):
+            for e, fn in engines.items():
+                t0 = time.perf_counter()
+                fn(x)
+                times[e][b].append((time.perf_counter() - t0) * 1e3)
+    return {e: {b: float(np.median(v)) for b, v in per.items()} for e, per in times.items()}
+
+
+def latency_inputs(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Batch 1 and batch 1024 from the test rows (tiled when the split has fewer rows)."""
+    out = {}
+    for name, n in LATENCY_BATCHES.items():
+        reps = -(-n // len(x))
+        out[name] = np.ascontiguousarray(np.tile(x, (reps, 1))[:n])
+    return out
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def engines_for(model: nn.Module, fp32: Path, int8: Path, threads: int) -> dict[str, Callable[[np.ndarray], object]]:
+    """Torch eager, ONNX fp32 and ONNX int8 as callables on a float32 batch."""
+    fp32_session, int8_session = OnnxModel(fp32, threads), OnnxModel(int8, threads)
+
+    def torch_eager(x: np.ndarray) -> object:
+        with torch.no_grad():
+            return model(torch.from_numpy(x))
+
+    return {"torch_eager": torch_eager, "onnx_fp32": fp32_session.run, "onnx_int8": int8_session.run}
+
+
+def latency(model: nn.Module, fp32: Path, int8: Path, x: np.ndarray, repeats: int) -> dict[str, dict[str, float]]:
+    """Median ms per call at batch 1 and 1024 for each engine, single-threaded."""
+    with torch_threads(LATENCY_THREADS):
+        engines = engines_for(model, fp32, int8, LATENCY_THREADS)
+        return measure_latency(engines, latency_inputs(x), repeats)
+
+
+def export_model(
+    params: ExportParams, model: nn.Module, cfg: dict[str, Any], splits: dict[str, Split], out_dir: Path = MODELS_DIR
+) -> dict[str, Any]:
+    """Export, check and quantise `model`; write out_dir/model.onnx and model.int8.onnx only
+    when every check passed; return the metrics for metrics/export.json."""
+    task, test = cfg["task"], splits["test"]
+    if len(test.y) == 0:
+        raise DataError("test split: no rows to check the exported model on")
+    model = model.to("cpu").eval()
+    fp32_dest, int8_dest = Path(out_dir) / ONNX_NAME, Path(out_dir) / INT8_NAME
+    with atomic_path(fp32_dest) as fp32_tmp, atomic_path(int8_dest) as int8_tmp:
+        t0 = time.perf_counter()
+        export_onnx(model, cfg, fp32_tmp, params.opset)
+        log.info("exported %s (%.1f s)", fp32_dest, time.perf_counter() - t0)
+        fp32 = OnnxModel(fp32_tmp)
+        ref = torch_primary(model, task, test.x)
+        onnx_fp32 = primary(task, fp32.run(test.x))
+        parity, parity_scaled = check_parity(onnx_fp32, ref, params.parity_atol, params.parity_rtol)
+
+        calib = calibration_rows(splits["train"].x, params.calibration_rows) if params.quantization == "static" else None
+        quantize_model(fp32_tmp, int8_tmp, params.quantization, calib)
+        int8 = OnnxModel(int8_tmp)
+        name = metric_name(task)
+        scores = {
+            "torch": test_metric(task, test.y, ref),
+            "onnx_fp32": test_metric(task, test.y, onnx_fp32),
+            "onnx_int8": test_metric(task, test.y, primary(task, int8.run(test.x))),
+        }
+        drop = check_metric_drop(name, scores["onnx_fp32"], scores["onnx_int8"], params.max_metric_drop)
+        log.info("parity max abs %.3g; test %s: %s; int8 drop %.4f", parity, name,
+                 ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), drop)
+
+        latency_ms = latency(model, fp32_tmp, int8_tmp, test.x, params.latency_repeats)
+        size_fp32, size_int8 = fp32_tmp.stat().st_size, int8_tmp.stat().st_size
+    return {
+        "quantization": params.quantization,
+        "int8_is_fp32_copy": params.quantization == "none",
+        "opset": params.opset,
+        "task": task,
+        "metric_name": name,
+        "test_metric": scores,
+        "metric_drop": drop,
+        "parity_max_abs": parity,
+        "parity_max_scaled": parity_scaled,  # worst difference / its tolerance; <= 1 passed
+        "parity_output": "prediction" if task == "regression" else "probabilities",
+        "test_rows": len(test.y),
+        "size_fp32_bytes": size_fp32,
+        "size_int8_bytes": size_int8,
+        "size_ratio": size_int8 / size_fp32,
+        "latency_ms": latency_ms,
+        "latency_repeats": params.latency_repeats,
+        "latency_threads": LATENCY_THREADS,
+    }
+
+
+def check_features(cfg: dict[str, Any], meta: dict[str, Any]) -> None:
+    if list(cfg["feature_names"]) != list(meta["feature_names"]):
+        raise DataError(
+            f"{MODEL_PATH}: trained on features {cfg['feature_names']}, but data/meta.json has "
+            f"{meta['feature_names']} (re-run the train stage)"
+        )

@@ -1,0 +1,190 @@
+"""The models: `linear` (linear / logistic / softmax regression) and `mlp`.
+
+A model takes RAW float32 features (N, n_features). The train split's standardisation lives
+inside it as buffers (part of the state_dict, so also of the exported ONNX graph): whoever
+uses the model passes raw features. For regression the target is standardised the same way
+(`y_mean`, `y_std`), so the optimiser sees a unit-scale problem whatever the target's units,
+and `forward` maps back: it returns predictions in the target's own units, shape (N,).
+For classification `forward` returns logits (N, K).
+
+The model is described by a plain JSON-able config dict (see `model_config`), saved beside
+the weights; `build_model(cfg)` rebuilds the same architecture from it.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.core.errors import DataError
+from stages.core.io import atomic_path
+
+MODELS = ("linear", "mlp")
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+TASKS = ("regression", "classification")
+
+
+class SeededDropout(nn.Module):
+    """Dropout that draws its masks from an explicit generator when the trainer sets one.
+
+    nn.Dropout uses torch's global RNG; a sweep trains several models in threads, so the
+    trainer hands each model its own generator to keep runs reproducible and independent.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.generator is None:
+            return F.dropout(x, self.p, training=True)
+        keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.p
+        return x * keep / (1 - self.p)
+
+
+class FitlineModel(nn.Module):
+    """Standardise -> network -> (regression) de-standardise."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.task = cfg["task"]
+        n_in, n_out = int(cfg["n_features"]), int(cfg["n_outputs"])
+        self.register_buffer("x_mean", torch.zeros(n_in))
+        self.register_buffer("x_std", torch.ones(n_in))
+        if self.task == "regression":
+            self.register_buffer("y_mean", torch.zeros(()))
+            self.register_buffer("y_std", torch.ones(()))
+        layers: list[nn.Module] = []
+        if cfg["model"] == "mlp":
+            act = ACTIVATIONS[cfg["activation"]]
+            for width in cfg["hidden"]:
+                layers += [nn.Linear(n_in, int(width)), act()]
+                if cfg["dropout"] > 0:
+                    layers.append(SeededDropout(float(cfg["dropout"])))
+                n_in = int(width)
+        layers.append(nn.Linear(n_in, n_out))
+        self.net = nn.Sequential(*layers)
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Network output in standardised target units (regression) or logits."""
+        z = self.net((x - self.x_mean) / self.x_std)
+        return z.squeeze(-1) if self.task == "regression" else z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.raw(x)
+        return z * self.y_std + self.y_mean if self.task == "regression" else z
+
+
+def build_model(cfg: dict[str, Any], *, generator: torch.Generator | None = None) -> nn.Module:
+    """The model `cfg` describes, freshly initialised (from `generator` when given)."""
+    if cfg.get("model") not in MODELS:
+        raise ValueError(f"model: unknown model {cfg.get('model')!r} (allowed: {', '.join(MODELS)})")
+    if cfg.get("task") not in TASKS:
+        raise ValueError(f"model: unknown task {cfg.get('task')!r} (allowed: {', '.join(TASKS)})")
+    if cfg["model"] == "mlp" and cfg.get("activation") not in ACTIVATIONS:
+        raise ValueError(
+            f"model: unknown activation {cfg.get('activation')!r} (allowed: {', '.join(ACTIVATIONS)})"
+        )
+    model = FitlineModel(cfg)
+    init_weights(model, cfg, generator)
+    return model
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, cfg: dict[str, Any], generator: torch.Generator | None) -> None:
+    """He init before ReLU/GELU, Xavier before tanh and on the output layer; zero biases.
+
+    A linear model is convex: it starts from zero, which also makes full-batch GD a clean
+    check against least squares.
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    gain = nn.init.calculate_gain("tanh") if cfg.get("activation") == "tanh" else math.sqrt(2.0)
+    for i, layer in enumerate(linears):
+        nn.init.zeros_(layer.bias)
+        if cfg["model"] == "linear":
+            nn.init.zeros_(layer.weight)
+        elif i < len(linears) - 1:
+            fan_in = layer.weight.shape[1]
+            bound = gain * math.sqrt(3.0 / fan_in)
+            nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
+        else:
+            nn.init.xavier_uniform_(layer.weight, generator=generator)
+
+
+@torch.no_grad()
+def fit_scaling(model: nn.Module, x: np.ndarray, y: np.ndarray | None, scaling: str) -> None:
+    """Store the train split's mean and std in the model's buffers (identity for `none`).
+
+    Computed in float64; a constant column gets std 1 so it passes through unscaled.
+    """
+    if scaling not in ("standard", "none"):
+        raise ValueError(f"scaling: unknown scaling {scaling!r} (allowed: standard, none)")
+    if scaling == "none":
+        return
+    mean, std = column_moments(x)
+    model.x_mean.copy_(torch.from_numpy(mean))
+    model.x_std.copy_(torch.from_numpy(np.where(std > 0, std, 1.0)))
+    if getattr(model, "task", None) == "regression" and y is not None:
+        y64 = np.asarray(y, dtype=np.float64)
+        y_std = float(y64.std())
+        model.y_mean.fill_(float(y64.mean()))
+        model.y_std.fill_(y_std if y_std > 0 else 1.0)
+
+
+def column_moments(x: np.ndarray, chunk_rows: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations (population) of x, rows x columns, in float64.
+
+    Two passes over chunks of rows: a float64 copy of the whole split (and numpy's float64
+    x - mean temporary) made fitting the scaling the train stage's peak memory (+1.3 GB at 10M rows)."""
+    x = np.asarray(x)
+    n, chunks = len(x), range(0, len(x), chunk_rows)
+    mean = sum(x[i : i + chunk_rows].sum(axis=0, dtype=np.float64) for i in chunks) / n
+    var = sum(np.square(x[i : i + chunk_rows] - mean).sum(axis=0) for i in chunks) / n
+    return mean, np.sqrt(var)
+
+
+def weight_tensors(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters a penalty applies to: weight matrices, not biases (nor scaling buffers)."""
+    return [p for p in model.parameters() if p.ndim >= 2]
+
+
+def save_model(path: str | Path, model: nn.Module, cfg: dict[str, Any]) -> None:
+    """torch.save {"state_dict", "config"} atomically; loads with torch.load(weights_only=True)."""
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # a file object, not the path: torch names the archive's inner folder after the file,
+        # and the temporary name is random; this way the same model gives the same bytes
+        torch.save({"state_dict": state, "config": cfg}, f)
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The saved model (eval mode) and its config; a missing or corrupt file is a DataError."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: model file not found (run the train stage first)")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: not a readable model file ({str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # torch raises pickle.UnpicklingError subclasses for wrong content
+        raise DataError(f"{path}: not a readable model file ({type(exc).__name__})") from None
+    if not isinstance(blob, dict) or not {"state_dict", "config"} <= blob.keys():
+        raise DataError(f"{path}: not a fitline model file (expected keys state_dict and config)")
+    cfg = blob["config"]
+    try:
+        model = build_model(cfg)
+        model.load_state_dict(blob["state_dict"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise DataError(f"{path}: model does not match its config ({str(exc).splitlines()[0][:200]})") from None
+    model.to(map_location).eval()
+    return model, cfg

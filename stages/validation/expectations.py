@@ -1,0 +1,202 @@
+"""The expectation suites of the `validate` stage, built from params, meta.json and the train split.
+
+Each expectation is there because it catches a failure the others miss (GX column-map
+expectations skip nulls, so nulls need their own; a range check cannot see a shift that stays in
+range, so drift needs its own). Each carries `meta = {"check": ..., "expected": ...}`: a short
+check name and what was expected, in words, for the report and the stderr list.
+
+| check           | GX expectation                            | catches                                      |
+|-----------------|-------------------------------------------|----------------------------------------------|
+| schema          | ExpectTableColumnsToMatchOrderedList      | a dropped, extra, renamed or reordered column |
+| row_count       | ExpectTableRowCountToEqual (meta.json)    | a split file truncated or swapped vs meta.json |
+| min_rows        | ExpectTableRowCountToBeBetween            | a split that is empty or tiny, even per meta  |
+| dtype           | ExpectColumnValuesToBeInTypeList          | strings/bools/objects; float class labels    |
+| nulls           | ExpectColumnValuesToNotBeNull             | NaN / None (the checks below skip nulls)     |
+| range           | ExpectColumnValuesToBeBetween (finite)    | +-inf, sentinels, unit errors                 |
+| labels          | ExpectColumnValuesToBeInSet               | a label outside the class set                |
+| classes_present | ExpectColumnDistinctValuesToContainSet    | a class absent from a split (train included) |
+| drift_mean      | ExpectColumnMeanToBeBetween (val, test)   | a shift that stays within the range bounds   |
+| drift_std       | ExpectColumnStdevToBeBetween (val, test)  | a rescaled or collapsed (constant) feature   |
+| leakage         | ExpectColumnValuesToBeUnique (row hashes) | a row present in more than one split         |
+
+Class balance has no GX expectation (GX has none for a per-value proportion); it is computed in
+stages.validate and reported in the same format.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# GX reads this when it is imported; there is no network here and no analytics wanted anywhere
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import great_expectations.expectations as gxe  # noqa: E402
+
+from stages.core.errors import ParamsError  # noqa: E402
+from stages.core.params import ValidateParams  # noqa: E402
+
+FLOAT_TYPES = ["float16", "float32", "float64"]
+INT_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
+HASH_COLUMN = "row_hash"
+
+
+@dataclass(frozen=True)
+class ColumnReference:
+    """What a column looks like in train: range bounds and the statistics drift is measured against."""
+
+    low: float | None  # None: no bounds could be derived (train column empty or not numeric)
+    high: float | None
+    bounds_from: str  # "train" or "params"
+    mean: float
+    std: float
+    kurtosis: float  # E[(x - mean)^4] / std^4 (3 for a normal), for the standard error of a std
+    n: int  # finite train values
+
+
+def is_numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+
+
+def _finite_values(series: pd.Series) -> np.ndarray:
+    values = series.to_numpy(np.float64, na_value=np.nan)
+    return values[np.isfinite(values)]
+
+
+def column_reference(series: pd.Series | None, quantile: float, margin: float,
+                     bounds: tuple[float, float] | None) -> ColumnReference:
+    """Robust bounds and moments of one train column, from its finite values only.
+
+    Bounds are the train quantiles [q, 1 - q] widened by `margin` times their distance, so a few
+    outliers in train neither fail train nor make the bounds useless; explicit bounds win.
+    """
+    values = _finite_values(series) if series is not None and is_numeric(series) else np.empty(0)
+    n = len(values)
+    mean = float(values.mean()) if n else math.nan
+    std = kurt = math.nan
+    if n > 1:
+        dev2 = np.square(values - mean)
+        var = float(dev2.sum() / (n - 1))
+        std = math.sqrt(var)
+        kurt = float(np.square(dev2).mean() / var**2) if var > 0 else 3.0
+    if bounds is not None:
+        return ColumnReference(float(bounds[0]), float(bounds[1]), "params", mean, std, kurt, n)
+    if not n:
+        return ColumnReference(None, None, "train", mean, std, kurt, n)
+    q_lo, q_hi = np.quantile(values, [quantile, 1 - quantile])
+    width = margin * (q_hi - q_lo)
+    return ColumnReference(float(q_lo - width), float(q_hi + width), "train", mean, std, kurt, n)
+
+
+def reference_stats(params: ValidateParams, train: pd.DataFrame, meta: dict[str, Any]) -> dict[str, ColumnReference]:
+    """A ColumnReference for every feature, and for a regression target (its range)."""
+    features = list(meta["feature_names"])
+    unknown = sorted(set(params.feature_bounds or {}) - set(features))
+    if unknown:
+        raise ParamsError(
+            f"validate.feature_bounds: {', '.join(unknown)} not a feature of the data "
+            f"(features: {', '.join(features)})"
+        )
+    columns = {c: (params.feature_bounds or {}).get(c) for c in features}
+    if meta["task"] == "regression":
+        columns[meta["target"]] = params.target_bounds
+    return {
+        col: column_reference(train[col] if col in train.columns else None,
+                              params.bounds_quantile, params.bounds_margin, bounds)
+        for col, bounds in columns.items()
+    }
+
+
+def _meta(check: str, expected: str) -> dict[str, str]:
+    return {"check": check, "expected": expected}
+
+
+def _g(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def drift_expectations(col: str, ref: ColumnReference, n_split: int, params: ValidateParams) -> list[Any]:
+    """Mean within drift_mean_tol train stds of train's, std within drift_std_tol (relative).
+
+    Each tolerance is at least `drift_noise_z` standard errors of the difference between the two
+    sample statistics, so sampling noise in a small split is not called drift (with 90 val rows
+    a mean wanders about 0.1 std by chance alone).
+    """
+    if not (ref.n > 1 and n_split > 1 and math.isfinite(ref.std)):
+        return []
+    both = 1 / n_split + 1 / ref.n
+    mean_tol = max(params.drift_mean_tol, params.drift_noise_z * math.sqrt(both))
+    # standard error of a sample std, relative: sqrt((kurtosis - 1) / 4n), any distribution
+    std_tol = max(params.drift_std_tol, params.drift_noise_z * 0.5 * math.sqrt(max(ref.kurtosis - 1, 0) * both))
+    lo_m, hi_m = ref.mean - mean_tol * ref.std, ref.mean + mean_tol * ref.std
+    lo_s, hi_s = max(ref.std * (1 - std_tol), 0.0), ref.std * (1 + std_tol)
+    return [
+        gxe.ExpectColumnMeanToBeBetween(
+            column=col, min_value=lo_m, max_value=hi_m,
+            meta=_meta("drift_mean", f"mean in [{_g(lo_m)}, {_g(hi_m)}] "
+                       f"(train {_g(ref.mean)} +- {mean_tol:.3g} train std)")),
+        gxe.ExpectColumnStdevToBeBetween(
+            column=col, min_value=lo_s, max_value=hi_s,
+            meta=_meta("drift_std", f"std in [{_g(lo_s)}, {_g(hi_s)}] "
+                       f"(train {_g(ref.std)} +- {std_tol:.0%})")),
+    ]
+
+
+def split_expectations(split: str, frame: pd.DataFrame, meta: dict[str, Any], params: ValidateParams,
+                       refs: dict[str, ColumnReference]) -> list[Any]:
+    """The suite for one split. Column checks go only on columns that exist with a numeric dtype:
+    a missing or string column is reported once, by `schema` or `dtype`, not by every check."""
+    features, target = list(meta["feature_names"]), meta["target"]
+    classification = meta["task"] == "classification"
+    expected_rows = int(meta["rows"][split])
+    suite: list[Any] = [
+        gxe.ExpectTableColumnsToMatchOrderedList(
+            column_list=[*features, target],
+            meta=_meta("schema", f"columns {', '.join([*features, target])} in this order")),
+        gxe.ExpectTableRowCountToEqual(
+            value=expected_rows, meta=_meta("row_count", f"{expected_rows} rows (data/meta.json)")),
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=params.min_rows, meta=_meta("min_rows", f"at least {params.min_rows} rows (validate.min_rows)")),
+    ]
+    if frame.empty:  # nothing to check per column; the row-count checks say why
+        return suite
+    for col in [*features, target]:
+        if col not in frame.columns:
+            continue
+        labels = classification and col == target
+        suite.append(gxe.ExpectColumnValuesToBeInTypeList(
+            column=col, type_list=INT_TYPES if labels else FLOAT_TYPES + INT_TYPES,
+            meta=_meta("dtype", "integer dtype (class index)" if labels else "numeric dtype (float or int)")))
+        if not is_numeric(frame[col]):
+            continue
+        suite.append(gxe.ExpectColumnValuesToNotBeNull(
+            column=col, meta=_meta("nulls", "no nulls (NaN or None)")))
+        ref = refs.get(col)
+        if ref is not None and ref.low is not None:
+            where = "validate bounds" if ref.bounds_from == "params" else "robust bounds from train"
+            suite.append(gxe.ExpectColumnValuesToBeBetween(
+                column=col, min_value=ref.low, max_value=ref.high,
+                meta=_meta("range", f"finite values in [{_g(ref.low)}, {_g(ref.high)}] ({where})")))
+        if split != "train" and col in features and ref is not None:
+            suite.extend(drift_expectations(col, ref, len(frame), params))
+    if classification and target in frame.columns and is_numeric(frame[target]):
+        classes = list(range(len(meta["classes"])))
+        suite.append(gxe.ExpectColumnValuesToBeInSet(
+            column=target, value_set=classes,
+            meta=_meta("labels", f"labels in the class set {classes}")))
+        suite.append(gxe.ExpectColumnDistinctValuesToContainSet(
+            column=target, value_set=classes,
+            meta=_meta("classes_present", f"every class {classes} present")))
+    return suite
+
+
+def leakage_expectation() -> Any:
+    """Uniqueness of the row hashes of all splits, each split's hashes de-duplicated first: a hash
+    seen twice is a row in two splits (a row repeated inside one split is not leakage)."""
+    return gxe.ExpectColumnValuesToBeUnique(
+        column=HASH_COLUMN, meta=_meta("leakage", "no row (features + target) in more than one split"))

@@ -1,0 +1,124 @@
+"""Model building, built-in scaling, and the saved-model format."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from stages.core.errors import DataError
+from stages.training.models import build_model, fit_scaling, load_model, save_model, weight_tensors
+
+
+def config(**kw) -> dict:
+    cfg = {"task": "regression", "feature_names": ["a", "b", "c"], "target": "y", "classes": None,
+           "n_features": 3, "n_outputs": 1, "model": "mlp", "hidden": [8, 4], "activation": "relu",
+           "dropout": 0.0, "scaling": "standard", "loss": "mse", "huber_delta": 1.0}
+    return {**cfg, **kw}
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_output_shapes() -> None:
+    x = torch.randn(5, 3)
+    assert build_model(config())(x).shape == (5,)
+    assert build_model(config(model="linear"))(x).shape == (5,)
+    clf = config(task="classification", classes=[0, 1, 2], n_outputs=3, loss="cross_entropy")
+    assert build_model(clf)(x).shape == (5, 3)
+    assert build_model({**clf, "model": "linear"})(x).shape == (5, 3)
+
+
+def test_architecture_follows_config() -> None:
+    m = build_model(config(hidden=[7, 5], activation="tanh", dropout=0.2))
+    linears = [l for l in m.net if isinstance(l, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(3, 7), (7, 5), (5, 1)]
+    assert sum(isinstance(l, torch.nn.Tanh) for l in m.net) == 2
+    # penalties see weight matrices only
+    assert [tuple(w.shape) for w in weight_tensors(m)] == [(7, 3), (5, 7), (1, 5)]
+
+
+def test_init_is_seeded_and_linear_starts_at_zero() -> None:
+    a, b = build_model(config(), generator=gen(1)), build_model(config(), generator=gen(1))
+    c = build_model(config(), generator=gen(2))
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert not torch.equal(a.net[0].weight, c.net[0].weight)
+    assert all(torch.count_nonzero(p) == 0 for p in build_model(config(model="linear")).parameters())
+    assert all(torch.count_nonzero(l.bias) == 0 for l in a.net if isinstance(l, torch.nn.Linear))
+
+
+def test_bad_names_raise_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown model 'tree'"):
+        build_model(config(model="tree"))
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        build_model(config(activation="swish"))
+
+
+def test_model_standardises_raw_features_itself() -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((200, 3)) * [1000.0, 1.0, 0.001] + [5000, 0, 1]).astype(np.float32)
+    y = (x[:, 0] / 100 + rng.standard_normal(200)).astype(np.float32)
+    m = build_model(config(), generator=gen())
+    fit_scaling(m, x, y, "standard")
+    sd = m.state_dict()
+    assert {"x_mean", "x_std", "y_mean", "y_std"} <= sd.keys()
+    np.testing.assert_allclose(sd["x_mean"].numpy(), x.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(sd["x_std"].numpy(), x.astype(np.float64).std(0), rtol=1e-5)
+    xt = torch.from_numpy(x)
+    z = m.net((xt - xt.mean(0)) / xt.std(0, unbiased=False)).squeeze(-1)
+    torch.testing.assert_close(m(xt), z * float(y.std()) + float(y.mean()), rtol=1e-4, atol=1e-3)
+
+
+def test_scaling_none_and_constant_columns() -> None:
+    x = np.array([[1.0, 2.0], [3.0, 2.0]], dtype=np.float32)
+    m = build_model(config(n_features=2, feature_names=["a", "b"]))
+    fit_scaling(m, x, np.array([0.0, 1.0]), "none")
+    assert torch.equal(m.x_mean, torch.zeros(2)) and torch.equal(m.x_std, torch.ones(2))
+    fit_scaling(m, x, np.array([0.0, 1.0]), "standard")
+    assert m.x_std.tolist() == [1.0, 1.0]  # constant column b passes through with std 1
+    with pytest.raises(ValueError, match="unknown scaling 'minmax'"):
+        fit_scaling(m, x, None, "minmax")
+
+
+def test_save_load_round_trip(tmp_path) -> None:
+    cfg = config(dropout=0.1)
+    m = build_model(cfg, generator=gen())
+    fit_scaling(m, np.random.default_rng(0).standard_normal((50, 3)), np.arange(50.0), "standard")
+    path = tmp_path / "models" / "model.pt"
+    save_model(path, m, cfg)
+    blob = torch.load(path, weights_only=True)
+    assert blob["config"] == cfg and set(blob["state_dict"]) == set(m.state_dict())
+    loaded, loaded_cfg = load_model(path)
+    assert loaded_cfg == cfg and not loaded.training
+    x = torch.randn(10, 3)
+    m.eval()
+    assert torch.equal(loaded(x), m(x))
+    assert [p.name for p in tmp_path.joinpath("models").iterdir()] == ["model.pt"]  # no temp file left
+    save_model(tmp_path / "again.pt", m, cfg)  # same model -> same bytes (DVC hashes them)
+    assert (tmp_path / "again.pt").read_bytes() == path.read_bytes()
+
+
+def test_load_model_errors_name_the_path(tmp_path) -> None:
+    with pytest.raises(DataError, match=r"missing\.pt: model file not found"):
+        load_model(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=r"bad\.pt: not a readable model file"):
+        load_model(bad)
+    torn = tmp_path / "torn.pt"
+    buf = io.BytesIO()
+    torch.save({"state_dict": {}, "config": config()}, buf)
+    torn.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(DataError, match=r"torn\.pt: not a readable model file"):
+        load_model(torn)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"state_dict": {}, "config": config()}, wrong)
+    with pytest.raises(DataError, match=r"wrong\.pt: model does not match its config"):
+        load_model(wrong)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": 1}, other)
+    with pytest.raises(DataError, match=r"other\.pt: not a fitline model file"):
+        load_model(other)
