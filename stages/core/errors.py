@@ -38,6 +38,15 @@ class ExportError(FitlineError):
     """ONNX export, parity or the quantisation budget failed."""
 
 
+def first_line(error: BaseException | str, limit: int = 200) -> str:
+    """The first line of an exception's message (at most `limit` characters), or its type name
+    when it has no message: library errors run to many lines, a fitline message is one."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    return text.splitlines()[0][:limit]
+
+
 def run_main(main: Callable[[], object], name: str) -> None:
     """Run a stage's `main()`; report a FitlineError as `fitline <name>: error: ...` and exit."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")

@@ -1,4 +1,4 @@
-"""Atomic writes of pipeline artifacts.
+"""Reading and writing pipeline artifacts: atomic writes, JSON, PNG figures, file digests.
 
 A stage writes every output to a temporary file in the destination folder and renames it into
 place, so a failed or killed stage never leaves a half-written file and never replaces a good
@@ -8,12 +8,19 @@ artifact with a bad one (rename within one filesystem is atomic on POSIX).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @contextlib.contextmanager
@@ -55,3 +62,35 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise DataError(f"{path}: file not found (run the stage that produces it first)") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars unwrapped, tuples and arrays as lists, non-finite floats
+    as strings ('inf', 'nan'; JSON has no such numbers), anything else as its str()."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_png(fig: Figure, dest: str | os.PathLike[str]) -> None:
+    """A matplotlib figure as PNG, atomically; no Software/date metadata, so the same inputs
+    give the same bytes (DVC sees no change)."""
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
