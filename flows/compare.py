@@ -17,7 +17,8 @@ from flows.sweep import RunOptions, call_flow, run_trials  # sets Prefect's env 
 from stages.core.errors import FitlineError
 from stages.core.params import load_params
 from stages.data.splits import load_meta
-from stages.tools.compare import REPORT_PATH, Comparison, compare, compare_plan, report_markdown, write_comparison
+from stages.core.contracts import COMPARE_REPORT_PATH
+from stages.tools.compare import Comparison, compare, compare_plan, report_markdown, write_comparison
 from stages.tools.sweep import check_validated, trial_params
 
 FLOW_NAME = "fitline-compare"
@@ -70,5 +71,5 @@ def run_compare(root: str | Path = ".", *, runner: str | None = None, workers: i
     check_validated(workspace)
     result = call_flow(compare_flow, options, root=str(workspace), workers=options.workers)
     if not any(t["status"] == "ok" for t in result.comparison.kept.values()):
-        raise FitlineError(f"every optimizer failed at every learning rate; see {REPORT_PATH}")
+        raise FitlineError(f"every optimizer failed at every learning rate; see {COMPARE_REPORT_PATH}")
     return result

@@ -38,8 +38,8 @@ from flows.interactive import command_line_run  # noqa: E402
 from stages.core.errors import FitlineError, ParamsError  # noqa: E402
 from stages.core.params import EvaluateParams, TrainParams, load_params  # noqa: E402
 from stages.data.splits import Split, load_meta, load_splits  # noqa: E402
+from stages.core.contracts import SWEEP_LEADERBOARD_PATH  # noqa: E402
 from stages.tools.sweep import (  # noqa: E402
-    LEADERBOARD_PATH,
     apply_best,
     check_validated,
     code_fingerprint,
@@ -303,7 +303,7 @@ def run_sweep(root: str | Path = ".", *, grid: dict[str, list[Any]] | None = Non
     ranked = call_flow(sweep_flow, options, root=str(workspace), grid=grid)
     result = SweepResult(ranked, leaderboard_rows(ranked, keys), keys)
     if result.best is None:
-        raise FitlineError(f"every trial failed (the first: {ranked[0]['error']}); see {LEADERBOARD_PATH}"
+        raise FitlineError(f"every trial failed (the first: {ranked[0]['error']}); see {SWEEP_LEADERBOARD_PATH}"
                            + ("; params.yaml is left as it is" if apply else ""))
     if apply:
         result.changed = apply_best(workspace / "params.yaml", result.best["params"])
@@ -318,7 +318,7 @@ def leaderboard_text(result: SweepResult, top: int = 10) -> str:
     cols = ["rank", *result.keys, f"val_{loss}", f"test_{loss}", "verdict", "epochs", "seconds", "cached"]
     text = markdown_table(result.rows[:top], cols)
     if len(result.rows) > top:
-        text += f"... {len(result.rows) - top} more in {LEADERBOARD_PATH}\n"
+        text += f"... {len(result.rows) - top} more in {SWEEP_LEADERBOARD_PATH}\n"
     best = result.best
     text += f"\nbest: {format_overrides(best['params'])}\n" if best else "\nevery trial failed\n"
     return text

@@ -24,10 +24,13 @@ PROJECT_FILES = ["stages", "flows", "params.yaml", "dvc.yaml", "pyproject.toml",
 
 
 def subprocess_env() -> dict[str, str]:
-    """Environment for `dvc` / `python -m stages.x` subprocesses: this venv first on PATH."""
+    """Environment for `dvc` / `python -m stages.x` / `fitline` subprocesses: this venv first on
+    PATH, and this checkout on PYTHONPATH, so a command imports the code under test rather than
+    the checkout the venv's editable install points at (`python -m` in a pipeline copy still
+    imports the copy's code first: the working directory comes before PYTHONPATH)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = ""
+    env["PYTHONPATH"] = str(ROOT)
     return env
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,6 +17,37 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from stages.core.errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
+
+
+# ------------------------------------------------------------------------------------ options
+# Each option's values are declared here and nowhere else: pydantic checks params against the
+# Literal, the factories' dispatch dicts are keyed by it (tests compare the keys), and error
+# texts list `allowed(...)`, so a value added here cannot be missing from a message or a dict.
+
+DataSource = Literal["synthetic", "file"]
+DataKind = Literal["linear", "friedman", "classification"]  # synthetic data
+TaskName = Literal["regression", "classification"]
+DataTask = Literal["auto", TaskName]  # auto: inferred from the file's target column
+ModelKind = Literal["linear", "mlp"]
+Scaling = Literal["standard", "none"]
+Activation = Literal["relu", "gelu", "tanh"]
+LossName = Literal["mse", "huber", "cross_entropy"]
+LossChoice = Literal["auto", LossName]  # auto: the task's own loss (stages/training/optim.py)
+OptimizerName = Literal["gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+Regularizer = Literal["none", "l1", "l2", "elastic_net"]
+Schedule = Literal["constant", "exponential", "step", "cosine"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["fp32", "bf16"]
+Backend = Literal["auto", "gloo", "nccl"]
+Quantization = Literal["none", "dynamic", "static"]
+Better = Literal["higher", "lower"]  # which way a gated metric improves
+Runner = Literal["threads", "processes", "dask"]
+JudgedLoss = Literal["mse", "log_loss"]  # the loss the fit diagnosis, sweeps and compare rank by
+
+
+def allowed(option: Any) -> str:
+    """An option's values as error texts list them, in declaration order: "a, b, c"."""
+    return ", ".join(get_args(option))
 
 
 class Section(BaseModel):
@@ -43,17 +74,17 @@ class SplitParams(Section):
 
 
 class DataParams(Section):
-    source: Literal["synthetic", "file"] = "synthetic"
-    kind: Literal["linear", "friedman", "classification"] = "friedman"
+    source: DataSource = "synthetic"
+    kind: DataKind = "friedman"
     path: str | None = None
     target: str = Field("y", min_length=1)
-    task: Literal["auto", "regression", "classification"] = "auto"
+    task: DataTask = "auto"
     n_samples: int = Field(20000, ge=20, le=1_000_000_000)
     n_features: int = Field(10, ge=1, le=100_000)
     n_informative: int = Field(5, ge=1)
     n_classes: int = Field(2, ge=2, le=1000)
     noise: float = Field(1.0, ge=0)
-    class_sep: float = Field(2.0, gt=0)
+    class_sep: float = Field(3.0, gt=0)
     class_weights: tuple[float, ...] | None = None
     split: SplitParams = SplitParams()
     seed: int = Field(42, ge=0, le=2**32 - 1)
@@ -146,38 +177,35 @@ class DistributedParams(Section):
     # a run already started by torchrun is distributed whatever this says (see stages/distributed.py)
     enabled: bool = False
     nproc: int = Field(2, ge=1, le=1024)  # workers on this machine (one per GPU for CUDA)
-    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl when training on CUDA, else gloo
-
-
-OPTIMIZERS = ("gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+    backend: Backend = "auto"  # auto: nccl when training on CUDA, else gloo
 
 
 class TrainParams(Section):
-    model: Literal["linear", "mlp"] = "mlp"
-    scaling: Literal["standard", "none"] = "standard"
+    model: ModelKind = "mlp"
+    scaling: Scaling = "standard"
     hidden: tuple[int, ...] = (64, 64)
-    activation: Literal["relu", "gelu", "tanh"] = "relu"
+    activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)
-    loss: Literal["auto", "mse", "huber", "cross_entropy"] = "auto"
+    loss: LossChoice = "auto"
     huber_delta: float = Field(1.0, gt=0)
-    optimizer: Literal["gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"] = "adam"
+    optimizer: OptimizerName = "adam"
     lr: float = Field(0.003, gt=0, le=100)  # issue: 0.001; see the train section of params.yaml
     momentum: float = Field(0.9, ge=0, lt=1)
     betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = Field(256, ge=1)
     epochs: int = Field(200, ge=1, le=1_000_000)
-    regularizer: Literal["none", "l1", "l2", "elastic_net"] = "l2"
+    regularizer: Regularizer = "l2"
     reg_strength: float = Field(0.001, ge=0)  # issue: 0.0001
     l1_ratio: float = Field(0.5, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "exponential", "step", "cosine"] = "constant"
+    schedule: Schedule = "constant"
     gamma: float = Field(0.99, gt=0, le=1)
     step_size: int = Field(30, ge=1)
     warmup_epochs: int = Field(0, ge=0)
     grad_clip: float | None = Field(None, gt=0)
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Device = "auto"
+    precision: Precision = "fp32"
     checkpoint_every: int = Field(10, ge=1)
     seed: int = Field(42, ge=0, le=2**32 - 1)
     distributed: DistributedParams = DistributedParams()
@@ -231,7 +259,7 @@ class EvaluateParams(Section):
 
 class ExportParams(Section):
     opset: int = Field(20, ge=18, le=23)
-    quantization: Literal["none", "dynamic", "static"] = "dynamic"
+    quantization: Quantization = "dynamic"
     calibration_rows: int = Field(1000, ge=1)
     parity_atol: float = Field(1.0e-4, gt=0)
     parity_rtol: float = Field(1.0e-5, ge=0)
@@ -245,7 +273,6 @@ class ExportParams(Section):
 # The rule grammar ("eval.test.r2 >= 0.85") is parsed by stages/gate_rules.py when the gate
 # starts, not here: every stage depends on params.py, and the gate's grammar must not be one of
 # their dependencies. A malformed rule makes the gate exit 2 naming the rule.
-TaskName = Literal["regression", "classification"]
 
 
 class AbsoluteRule(Section):
@@ -255,7 +282,7 @@ class AbsoluteRule(Section):
 
 class RegressionRule(Section):
     metric: str = Field(min_length=1)  # e.g. eval.test.rmse
-    better: Literal["higher", "lower"]
+    better: Better
     # allowed worsening against the baseline = max(abs_tol, rel_tol * |baseline|)
     abs_tol: float = Field(0.0, ge=0, allow_inf_nan=False)
     rel_tol: float = Field(0.0, ge=0, allow_inf_nan=False)
@@ -271,12 +298,10 @@ class GateParams(Section):
 # -------------------------------------------------------------------------------------- sweep
 
 
-OptimizerName = Literal["gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
-
 # `fitline compare` tries each optimizer at these learning rates and keeps the best. fitline
 # trains on standardised features and target, so one grid serves most data; each is centred on
 # the best of a 5-value grid measured on the default data (friedman, 20000 rows, mlp 64x64).
-COMPARE_LRS: dict[str, tuple[float, ...]] = {
+COMPARE_LRS: dict[OptimizerName, tuple[float, ...]] = {
     "gd": (0.01, 0.03, 0.1),  # full batch: one step per epoch; 0.3 and above diverge or stall
     "sgd": (0.03, 0.1, 0.3),
     "momentum": (0.01, 0.03, 0.1),  # momentum 0.9 multiplies the step by about 10
@@ -291,7 +316,7 @@ NESTED_TRAIN_KEYS = ("early_stopping.patience", "early_stopping.min_delta")
 
 
 class CompareParams(Section):
-    optimizers: tuple[OptimizerName, ...] = OPTIMIZERS
+    optimizers: tuple[OptimizerName, ...] = get_args(OptimizerName)
     # per-optimizer learning rates to try; an optimizer not named here uses COMPARE_LRS
     lrs: dict[OptimizerName, tuple[float, ...]] = Field(default_factory=dict)
     epochs: int | None = Field(None, ge=1)  # null = train.epochs; early stopping is off in a comparison
@@ -302,7 +327,7 @@ class CompareParams(Section):
     @model_validator(mode="after")
     def _consistent(self) -> CompareParams:
         if not self.optimizers:
-            raise ValueError("sweep.compare.optimizers: empty; name one or more of " + ", ".join(OPTIMIZERS))
+            raise ValueError("sweep.compare.optimizers: empty; name one or more of " + allowed(OptimizerName))
         if len(set(self.optimizers)) != len(self.optimizers):
             raise ValueError(f"sweep.compare.optimizers: {list(self.optimizers)} names an optimizer twice")
         for name, lrs in self.lrs.items():
@@ -310,15 +335,15 @@ class CompareParams(Section):
                 raise ValueError(f"sweep.compare.lrs.{name}: {list(lrs)}; give one or more learning rates in (0, 100]")
         return self
 
-    def lrs_for(self, optimizer: str) -> tuple[float, ...]:
-        return self.lrs.get(optimizer, COMPARE_LRS[optimizer])  # type: ignore[call-overload]
+    def lrs_for(self, optimizer: OptimizerName) -> tuple[float, ...]:
+        return self.lrs.get(optimizer, COMPARE_LRS[optimizer])
 
 
 class SweepParams(Section):
     # train key -> values to try; every combination is one trial (dotted keys for early_stopping)
     grid: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
     workers: int = Field(2, ge=1)  # trials run at once
-    runner: Literal["threads", "processes", "dask"] = "threads"
+    runner: Runner = "threads"
     dask_address: str | None = None  # runner dask: a scheduler address; null = a local cluster
     compare: CompareParams = CompareParams()
 

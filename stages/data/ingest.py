@@ -7,7 +7,6 @@ pipeline); meta.json records its SHA-256.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from stages.core.contracts import RAW_DIR
-from stages.core.errors import DataError
+from stages.core.errors import DataError, first_line
+from stages.core.io import file_digest
 from stages.core.params import DataParams
 from stages.data.splits import assign_splits, write_rows
 
@@ -25,15 +25,6 @@ log = logging.getLogger(__name__)
 
 # an integer target with at most this many distinct values is taken as class labels (task auto)
 MAX_AUTO_CLASSES = 20
-
-
-def file_sha256(path: Path) -> str:
-    """The content hash of the user file, recorded in meta.json (which file version made the data)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def warn_if_untracked(path: Path, raw_dir: Path = RAW_DIR) -> bool:
@@ -54,7 +45,7 @@ def _read_user_file(path: Path) -> pd.DataFrame:
             return pd.read_csv(path)
         return pd.read_parquet(path)
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        raise DataError(f"data.path: cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"data.path: cannot read {path}: {type(exc).__name__}: {first_line(exc)}") from None
 
 
 def infer_task(target: pd.Series) -> str:
@@ -106,4 +97,4 @@ def from_file(p: DataParams, writers_factory: Any) -> tuple[dict[str, Any], list
     x = df[features].to_numpy(np.float32)
     write_rows(writers, names, x, y, split_of, target=p.target)
     return {"task": task, "classes": classes, "ground_truth": None, "split_of": split_of,
-            "labels": y if task == "classification" else None, "source_sha256": file_sha256(path)}, names
+            "labels": y if task == "classification" else None, "source_sha256": file_digest(path)}, names

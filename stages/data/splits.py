@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.core.errors import DataError
+from stages.core.errors import DataError, first_line
 from stages.core.io import atomic_path, read_json
 
 
@@ -107,7 +107,7 @@ def read_split_frame(name: str, data_dir: str | Path = DATA_DIR) -> pd.DataFrame
             return pd.read_parquet(path)
         frame = pd.concat([pd.read_parquet(path, columns=[n]) for n in names], axis=1)
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise DataError(f"{path}: cannot read parquet: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"{path}: cannot read parquet: {first_line(exc)}") from None
     finally:
         pa.default_memory_pool().release_unused()
     return frame
@@ -156,9 +156,9 @@ def read_split(name: str, meta: dict[str, Any], data_dir: str | Path = DATA_DIR)
                     y[start:stop] = values.to_numpy()
             start = stop
     except pa.ArrowException as exc:  # pyarrow raises several types for corrupt files
-        raise DataError(f"{path}: cannot read parquet: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"{path}: cannot read parquet: {first_line(exc)}") from None
     except (ValueError, TypeError) as exc:  # a column that does not convert to numbers
-        raise DataError(f"{path}: non-numeric values in a feature or target column ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{path}: non-numeric values in a feature or target column ({first_line(exc)})") from None
     return Split(x=x, y=y)
 
 

@@ -25,6 +25,7 @@ floor is 0 and a good model's train loss tends to 0, where plain ratios would ex
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from stages.core.params import EvaluateParams
@@ -91,6 +92,113 @@ def infer_restored(curve: dict[str, Any], val_loss: float) -> bool:
     return abs(val_loss - curve["best_val_loss"]) <= abs(val_loss - curve["last_val_loss"])
 
 
+@dataclass
+class Judgement:
+    """One test of the diagnosis: what it flags (if anything), its sentences and its numbers."""
+
+    flag: str | None = None  # "underfit" | "overfit" | None (passed)
+    passed: list[str] = field(default_factory=list)  # sentences of what passed
+    flagged: list[str] = field(default_factory=list)  # sentences of what failed
+    notes: list[str] = field(default_factory=list)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def _skill(task: str, split: dict[str, Any], base: dict[str, Any]) -> float:
+    """R² (regression) or 1 - error rate / the constant baseline's error rate (classification)."""
+    if task == "regression":
+        return float(split["r2"])
+    return 1.0 - float(split["error_rate"]) / max(float(base["error_rate"]), TINY)
+
+
+def judge_underfit(params: EvaluateParams, task: str, metrics: dict[str, Any], noise_floor: float | None) -> Judgement:
+    """Underfit: the train loss against the noise floor when it is known, else the train skill
+    over the constant baseline."""
+    loss = LOSS_OF_TASK[task]
+    name = LOSS_NAME[loss]
+    train, base_train = metrics["train"], metrics["baseline"]["train"]
+    train_loss = float(train[loss])
+    skill = _skill(task, train, base_train)
+    j = Judgement(numbers={"skill": skill, "val_skill": _skill(task, metrics["val"], metrics["baseline"]["val"]),
+                           "noise_floor": None, "noise_ratio": None})
+    if noise_floor is not None:
+        floor_train = params.negligible * float(base_train[loss])  # a loss this small counts as zero
+        ratio = train_loss / max(noise_floor, floor_train, TINY)
+        j.numbers.update(noise_floor=noise_floor, noise_ratio=ratio)
+        text = (f"train {name} {_num(train_loss)} is {ratio:.2f}x the noise floor {_num(noise_floor)} "
+                f"(underfit above {params.underfit_noise_ratio:g}x)")
+        bad = ratio > params.underfit_noise_ratio
+    else:
+        skill_name = "R²" if task == "regression" else "skill (1 - error rate / baseline error rate)"
+        text = (f"train {skill_name} {skill:.3f} over the constant baseline "
+                f"(underfit below {params.min_skill:g}; no ground truth to compare with the noise floor)")
+        bad = skill < params.min_skill
+    if bad:
+        j.flag, j.flagged = "underfit", [text]
+    else:
+        j.passed = [text]
+    return j
+
+
+def judge_gap(params: EvaluateParams, task: str, metrics: dict[str, Any]) -> Judgement:
+    """Overfit by the generalisation gap of the evaluated model: (val - train) / train, unless
+    negligible against the baseline or within the sampling noise (gap_z standard errors)."""
+    loss = LOSS_OF_TASK[task]
+    name = LOSS_NAME[loss]
+    train, val = metrics["train"], metrics["val"]
+    train_loss, val_loss = float(train[loss]), float(val[loss])
+    floor_train = params.negligible * float(metrics["baseline"]["train"][loss])
+    floor_val = params.negligible * float(metrics["baseline"]["val"][loss])
+    diff = val_loss - train_loss
+    gap = diff / max(train_loss, floor_train, TINY)
+    se = math.hypot(float(train.get(f"{loss}_se", 0.0)), float(val.get(f"{loss}_se", 0.0)))
+    gap_z = diff / se if se > 0 else None
+    j = Judgement(numbers={"gap": gap, "gap_vs_baseline": diff / max(float(metrics["baseline"]["val"][loss]), TINY),
+                           "gap_z": gap_z})
+    per = "train" if train_loss >= floor_train else f"{_pct(params.negligible)} of the baseline's train {name}"
+    text = (f"generalisation gap (val - train) / {per} = {_pct(gap)}: val {name} {_num(val_loss)} "
+            f"vs train {_num(train_loss)} (overfit above {_pct(params.overfit_gap)})")
+    if gap <= params.overfit_gap:
+        j.passed.append(text)
+    elif diff <= floor_val:
+        j.passed.append(text + f"; but under {_pct(params.negligible)} of the baseline's val {name}: negligible")
+    elif gap_z is not None and gap_z <= params.gap_z:
+        j.passed.append(text + f"; but only {gap_z:.1f} standard errors (needs {params.gap_z:g}): "
+                        f"within the sampling noise of {val.get('n', '?')} val rows")
+    else:
+        j.flag = "overfit"
+        j.flagged.append(text + (f", {gap_z:.1f} standard errors" if gap_z is not None else ""))
+    return j
+
+
+def judge_curve(params: EvaluateParams, curve: dict[str, Any] | None, restored_best: bool) -> Judgement:
+    """Overfit by the learning curve: the val loss bottomed out early AND rose by the end, in the
+    model that was evaluated (a restored best epoch is a note, not a flag)."""
+    j = Judgement()
+    if curve is None:
+        j.notes.append("no learning curve (training history) given: the curve was not judged")
+        return j
+    early = curve["best_epoch_fraction"] < params.early_best_fraction
+    rose = curve["val_rise"] > params.val_rise
+    shape = (f"val loss bottomed out at epoch {curve['best_epoch']} of {curve['epochs_run']} "
+             f"({_pct(curve['best_epoch_fraction'])} of the run) and ended {_pct(curve['val_rise'])} "
+             f"above its minimum (overfit when before {_pct(params.early_best_fraction)} "
+             f"and above {_pct(params.val_rise)})")
+    if curve["best_epoch"] == curve["epochs_run"]:
+        shape = (f"val loss was lowest at the last epoch ({curve['epochs_run']}): "
+                 "the learning curve shows no overfitting")
+    if early and rose and not restored_best:
+        j.flag, j.flagged = "overfit", [shape]
+    elif early and rose:
+        j.notes.append(shape + f"; early stopping restored the epoch-{curve['best_epoch']} weights, "
+                       "so the evaluated model is the best one: longer training would overfit")
+    else:
+        j.passed.append(shape)
+    if curve["best_epoch"] == curve["epochs_run"] and curve["epochs_run"] > 1:
+        j.notes.append(f"val loss was still falling at the last epoch ({curve['epochs_run']}): "
+                       "more epochs may help")
+    return j
+
+
 def fit_diagnosis(params: EvaluateParams, metrics: dict[str, Any], history: list[dict[str, Any]],
                   meta: dict[str, Any], *, restored_best: bool | None = None) -> dict[str, Any]:
     """The verdict with its reasons, remedies, notes and the numbers it used.
@@ -102,106 +210,32 @@ def fit_diagnosis(params: EvaluateParams, metrics: dict[str, Any], history: list
     """
     task = meta["task"]
     loss = LOSS_OF_TASK[task]
-    name = LOSS_NAME[loss]
-    train, val = metrics["train"], metrics["val"]
-    base_train, base_val = metrics["baseline"]["train"], metrics["baseline"]["val"]
-    train_loss, val_loss = float(train[loss]), float(val[loss])
-    floor_train = params.negligible * float(base_train[loss])  # a loss this small counts as zero
-    floor_val = params.negligible * float(base_val[loss])
-
-    flags: dict[str, list[str]] = {"underfit": [], "overfit": []}
-    passed: list[str] = []
-    notes: list[str] = []
-
-    # ---- underfit: against the noise floor when it is known, else against the baseline
-    if task == "regression":
-        skill = float(train["r2"])
-        val_skill = float(val["r2"])
-        skill_name = "R²"
-    else:
-        skill = 1.0 - float(train["error_rate"]) / max(float(base_train["error_rate"]), TINY)
-        val_skill = 1.0 - float(val["error_rate"]) / max(float(base_val["error_rate"]), TINY)
-        skill_name = "skill (1 - error rate / baseline error rate)"
     irreducible = ((meta.get("ground_truth") or {}).get("irreducible")) or {}
-    noise_floor = irreducible.get(loss)
-    noise_ratio = None
-    if noise_floor is not None:
-        noise_floor = float(noise_floor)
-        noise_ratio = train_loss / max(noise_floor, floor_train, TINY)
-        text = (f"train {name} {_num(train_loss)} is {noise_ratio:.2f}x the noise floor {_num(noise_floor)} "
-                f"(underfit above {params.underfit_noise_ratio:g}x)")
-        (flags["underfit"] if noise_ratio > params.underfit_noise_ratio else passed).append(text)
-    else:
-        text = (f"train {skill_name} {skill:.3f} over the constant baseline "
-                f"(underfit below {params.min_skill:g}; no ground truth to compare with the noise floor)")
-        (flags["underfit"] if skill < params.min_skill else passed).append(text)
-
-    # ---- overfit: the generalisation gap of the evaluated model
-    diff = val_loss - train_loss
-    gap = diff / max(train_loss, floor_train, TINY)
-    gap_vs_baseline = diff / max(float(base_val[loss]), TINY)
-    se = math.hypot(float(train.get(f"{loss}_se", 0.0)), float(val.get(f"{loss}_se", 0.0)))
-    gap_z = diff / se if se > 0 else None
-    per = "train" if train_loss >= floor_train else f"{_pct(params.negligible)} of the baseline's train {name}"
-    text = (f"generalisation gap (val - train) / {per} = {_pct(gap)}: val {name} {_num(val_loss)} "
-            f"vs train {_num(train_loss)} (overfit above {_pct(params.overfit_gap)})")
-    if gap <= params.overfit_gap:
-        passed.append(text)
-    elif diff <= floor_val:
-        passed.append(text + f"; but under {_pct(params.negligible)} of the baseline's val {name}: negligible")
-    elif gap_z is not None and gap_z <= params.gap_z:
-        passed.append(text + f"; but only {gap_z:.1f} standard errors (needs {params.gap_z:g}): "
-                      f"within the sampling noise of {val.get('n', '?')} val rows")
-    else:
-        flags["overfit"].append(text + (f", {gap_z:.1f} standard errors" if gap_z is not None else ""))
-
-    # ---- overfit: the learning curve
+    noise_floor = float(irreducible[loss]) if irreducible.get(loss) is not None else None
     curve = read_curve(history)
-    if curve is None:
-        notes.append("no learning curve (training history) given: the curve was not judged")
-    else:
-        if restored_best is None:
-            restored_best = infer_restored(curve, val_loss)
-        early = curve["best_epoch_fraction"] < params.early_best_fraction
-        rose = curve["val_rise"] > params.val_rise
-        shape = (f"val loss bottomed out at epoch {curve['best_epoch']} of {curve['epochs_run']} "
-                 f"({_pct(curve['best_epoch_fraction'])} of the run) and ended {_pct(curve['val_rise'])} "
-                 f"above its minimum (overfit when before {_pct(params.early_best_fraction)} "
-                 f"and above {_pct(params.val_rise)})")
-        if curve["best_epoch"] == curve["epochs_run"]:
-            shape = (f"val loss was lowest at the last epoch ({curve['epochs_run']}): "
-                     "the learning curve shows no overfitting")
-        if early and rose and not restored_best:
-            flags["overfit"].append(shape)
-        elif early and rose:
-            notes.append(shape + f"; early stopping restored the epoch-{curve['best_epoch']} weights, "
-                         "so the evaluated model is the best one: longer training would overfit")
-        else:
-            passed.append(shape)
-        if curve["best_epoch"] == curve["epochs_run"] and curve["epochs_run"] > 1:
-            notes.append(f"val loss was still falling at the last epoch ({curve['epochs_run']}): "
-                         "more epochs may help")
+    if curve is not None and restored_best is None:
+        restored_best = infer_restored(curve, float(metrics["val"][loss]))
+    judged = [judge_underfit(params, task, metrics, noise_floor), judge_gap(params, task, metrics),
+              judge_curve(params, curve, restored_best)]
 
+    flags = {k: [t for j in judged if j.flag == k for t in j.flagged] for k in ("underfit", "overfit")}
+    passed = [t for j in judged for t in j.passed]
+    notes = [n for j in judged for n in j.notes]
     verdict = "+".join(k for k in ("overfit", "underfit") if flags[k]) or "good"
     reasons = flags["overfit"] + flags["underfit"] if verdict != "good" else passed
     if verdict != "good":
         notes = [f"passed: {p}" for p in passed] + notes
-
+    numbers = {k: v for j in judged for k, v in j.numbers.items()}
     return {
         "verdict": verdict,
         "reasons": reasons,
         "remedies": _remedies(flags, curve, restored_best),
         "notes": notes,
         "loss": loss,
-        "train_loss": train_loss,
-        "val_loss": val_loss,
-        "gap": gap,
-        "gap_vs_baseline": gap_vs_baseline,
-        "gap_z": gap_z,
-        "noise_floor": noise_floor,
-        "noise_ratio": noise_ratio,
-        "skill": skill,
-        "val_skill": val_skill,
+        "train_loss": float(metrics["train"][loss]),
+        "val_loss": float(metrics["val"][loss]),
+        **{k: numbers[k] for k in ("gap", "gap_vs_baseline", "gap_z", "noise_floor", "noise_ratio",
+                                   "skill", "val_skill")},
         "best_epoch": curve["best_epoch"] if curve else None,
         "epochs_run": curve["epochs_run"] if curve else None,
         "best_epoch_fraction": curve["best_epoch_fraction"] if curve else None,

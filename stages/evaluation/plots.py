@@ -12,13 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from stages.core.io import atomic_path
-
-
-def _save(fig: Figure, dest: str | Path) -> None:
-    with atomic_path(dest) as tmp:
-        # no Software/date metadata: the same inputs give the same bytes
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+from stages.core.io import save_png
 
 
 def learning_curves_png(history: list[dict[str, Any]], dest: str | Path, loss_name: str = "loss",
@@ -45,7 +39,7 @@ def learning_curves_png(history: list[dict[str, Any]], dest: str | Path, loss_na
     ax.set_title(title or "learning curves")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    _save(fig, dest)
+    save_png(fig, dest)
 
 
 def pred_vs_actual_png(actual: np.ndarray, predicted: np.ndarray, dest: str | Path, title: str = "") -> None:
@@ -62,7 +56,7 @@ def pred_vs_actual_png(actual: np.ndarray, predicted: np.ndarray, dest: str | Pa
     ax.legend(loc="upper left")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    _save(fig, dest)
+    save_png(fig, dest)
 
 
 def confusion_matrix_png(cm: list[list[int]], labels: list[str], dest: str | Path, title: str = "") -> None:
@@ -86,4 +80,4 @@ def confusion_matrix_png(cm: list[list[int]], labels: list[str], dest: str | Pat
     ax.set_ylabel("actual")
     ax.set_title(title or "test: confusion matrix")
     fig.tight_layout()
-    _save(fig, dest)
+    save_png(fig, dest)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from stages.core.contracts import INT8_NAME, MODEL_PATH, MODELS_DIR, ONNX_NAME
-from stages.core.errors import DataError, ExportError
+from stages.core.errors import DataError, ExportError, first_line
 from stages.core.io import atomic_path
 from stages.core.params import ExportParams
 from stages.data.splits import Split
@@ -101,14 +101,14 @@ def export_onnx(model: nn.Module, cfg: dict[str, Any], dest: Path, opset: int) -
                 output_names=list(outputs), verbose=False,
             )
     except Exception as exc:  # the exporter wraps failures in several types; one line is enough
-        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {first_line(exc)}") from None
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(model_metadata(cfg), sort_keys=True)})
     onnx.save_model(proto, str(dest))
     try:
         onnx.checker.check_model(str(dest), full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"exported model fails onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+        raise ExportError(f"exported model fails onnx.checker: {first_line(exc)}") from None
 
 
 @torch.no_grad()

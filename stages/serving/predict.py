@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.core.errors import DataError, run_main
+from stages.core.errors import DataError, first_line, run_main
 from stages.core.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise DataError(f"{self.path}: not a readable ONNX model ({first})") from None
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:
@@ -149,7 +149,7 @@ def read_frame(path: str | Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise DataError(f"{path}: cannot read {fmt}: {first}") from None
 
 

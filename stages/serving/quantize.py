@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from stages.core.errors import ExportError
+from stages.core.errors import ExportError, first_line
 from stages.serving.predict import INPUT_NAME
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def quantize_model(src: Path, dest: Path, mode: str, calibration: np.ndarray | N
     except ExportError:
         raise
     except Exception as exc:  # ORT's quantiser raises assorted types; keep it to one line
-        raise ExportError(f"{mode} quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        raise ExportError(f"{mode} quantization failed: {type(exc).__name__}: {first_line(exc)}") from None
     _copy_metadata(src, dest)
 
 

@@ -27,13 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.core.io import atomic_path, write_text
+from stages.core.contracts import COMPARE_CHART_PATH, COMPARE_CURVES_PATH, COMPARE_REPORT_PATH
+from stages.core.io import save_png, write_text
 from stages.core.params import CompareParams, TrainParams
 from stages.tools.sweep import markdown_table, rank_value
 
-REPORT_PATH = Path("reports/compare.md")
-CURVES_PATH = Path("reports/compare.csv")
-CHART_PATH = Path("reports/compare.png")
 CURVE_COLUMNS = ("optimizer", "lr", "epoch", "seconds", "train_loss", "val_loss")
 
 
@@ -194,14 +192,13 @@ def chart_png(c: Comparison, dest: str | Path) -> None:
     by_time.set_title(f"val {loss_name} against wall time")
     by_time.legend(fontsize="small", loc="upper right")
     fig.tight_layout()
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    save_png(fig, dest)
 
 
 def write_comparison(c: Comparison, markdown: str, root: str | Path = ".") -> list[Path]:
     """reports/compare.csv, compare.png and compare.md (the table last)."""
     root = Path(root)
-    write_text(root / CURVES_PATH, curves_csv(c))
-    chart_png(c, root / CHART_PATH)
-    write_text(root / REPORT_PATH, markdown)
-    return [root / CURVES_PATH, root / CHART_PATH, root / REPORT_PATH]
+    write_text(root / COMPARE_CURVES_PATH, curves_csv(c))
+    chart_png(c, root / COMPARE_CHART_PATH)
+    write_text(root / COMPARE_REPORT_PATH, markdown)
+    return [root / COMPARE_CURVES_PATH, root / COMPARE_CHART_PATH, root / COMPARE_REPORT_PATH]

@@ -21,12 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from stages.core.contracts import META_PATH, METRICS_FILES, PARAMS_PATH
 from stages.core.errors import FitlineError
 from stages.core.io import read_json, write_json, write_text
 from stages.core.params import GateParams, load_params
 from stages.tools.gate_report import render_markdown, result_json
 from stages.tools.gate_rules import (
-    METRICS_FILES,
     GateError,
     GateResult,
     Rule,
@@ -36,9 +36,6 @@ from stages.tools.gate_rules import (
 )
 
 log = logging.getLogger(__name__)
-
-META_FILE = "data/meta.json"
-
 
 def read_current(prefixes: list[str], root: Path) -> tuple[dict[str, Any], list[str]]:
     """The workspace's metrics files for these prefixes; a file that cannot be read is left out
@@ -114,11 +111,11 @@ def read_task(rules: list[Rule], root: Path) -> tuple[str | None, list[str]]:
     if not any(rule.when for rule in rules):
         return None, []
     try:
-        task = read_json(root / META_FILE).get("task")
+        task = read_json(root / META_PATH).get("task")
     except FitlineError as exc:
         return None, [f"rules with `when` need the task: {exc}"]
     if task not in ("regression", "classification"):
-        return None, [f"{META_FILE}: task is {task!r}, expected regression or classification"]
+        return None, [f"{META_PATH}: task is {task!r}, expected regression or classification"]
     return task, []
 
 
@@ -150,7 +147,7 @@ def main(
     baseline: str | None = None,
     report: Path | None = None,
     json_out: Path | None = None,
-    params_file: Path = Path("params.yaml"),
+    params_file: Path = PARAMS_PATH,
 ) -> tuple[GateResult, str]:
     """Run the gate in the current directory, write the report files; (result, markdown)."""
     try:

@@ -5,10 +5,10 @@ Both are pure renderings of a GateResult; nothing here reads files or runs git.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from typing import Any
 
+from stages.core.io import jsonable
 from stages.tools.gate_rules import GateResult, Row
 
 VERDICT = {0: "PASSED", 1: "FAILED", 2: "CANNOT JUDGE"}
@@ -100,20 +100,9 @@ def render_markdown(result: GateResult) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(x: Any) -> Any:
-    """NaN and infinities are not JSON: write them as strings ("nan", "inf")."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    return x
-
-
 def result_json(result: GateResult) -> dict[str, Any]:
     """{passed, exit_code, verdict, baseline, task, rows, errors} as plain JSON types."""
-    return _json_safe({
+    return jsonable({
         "passed": result.passed,
         "exit_code": result.exit_code,
         "verdict": VERDICT[result.exit_code],

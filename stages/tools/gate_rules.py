@@ -31,16 +31,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from stages.core.contracts import METRICS_FILES
 from stages.core.errors import FitlineError
 from stages.core.params import GateParams
 from stages.core.params import RegressionRule as RegressionRuleParams
-
-# first path segment -> metrics file (relative to the project root)
-METRICS_FILES = {
-    "eval": "metrics/eval.json",
-    "export": "metrics/export.json",
-    "train": "metrics/train.json",
-}
 
 Status = Literal["pass", "fail", "error", "skip"]
 

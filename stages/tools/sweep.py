@@ -25,18 +25,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from stages.core.code import TRIAL_CODE, code_digest
-from stages.core.contracts import SPLITS
+from stages.core.contracts import META_NAME, SPLITS, SWEEP_LEADERBOARD_PATH, VALIDATION_REPORT_PATH, split_path
 from stages.core.errors import DataError, FitlineError, ParamsError
-from stages.core.io import read_json, write_text
+from stages.core.io import file_digest, read_json, write_text
 from stages.core.params import EvaluateParams, TrainParams, parse_params
 from stages.data.splits import Split
 from stages.evaluation.diagnosis import LOSS_OF_TASK
 
 log = logging.getLogger(__name__)
 
-VALIDATION_REPORT = Path("reports/validation.json")
-DATA_FILES = ("train.parquet", "val.parquet", "test.parquet", "meta.json")
-LEADERBOARD_PATH = Path("reports/sweep.csv")
+DATA_FILES = (*(split_path(s).name for s in SPLITS), META_NAME)
 METRIC_KEYS = {"regression": ("mse", "rmse", "mae", "r2"),
                "classification": ("log_loss", "accuracy", "f1_macro", "roc_auc")}
 
@@ -86,16 +84,16 @@ def format_overrides(overrides: Mapping[str, Any]) -> str:
 
 def check_validated(root: str | Path = ".") -> None:
     """Trials train only on data that passed the validate stage."""
-    path = Path(root) / VALIDATION_REPORT
+    path = Path(root) / VALIDATION_REPORT_PATH
     hint = "run `dvc repro validate` first"
     if not path.exists():
-        raise DataError(f"{VALIDATION_REPORT}: not found; the data has not been validated ({hint})")
+        raise DataError(f"{VALIDATION_REPORT_PATH}: not found; the data has not been validated ({hint})")
     try:
         report = read_json(path)
     except DataError as exc:
         raise DataError(f"{exc} ({hint})") from None
     if report.get("success") is not True:
-        raise DataError(f"{VALIDATION_REPORT}: the data failed validation; fix it and {hint}")
+        raise DataError(f"{VALIDATION_REPORT_PATH}: the data failed validation; fix it and {hint}")
 
 
 def data_fingerprint(data_dir: str | Path) -> str:
@@ -105,11 +103,7 @@ def data_fingerprint(data_dir: str | Path) -> str:
         path = Path(data_dir) / name
         if not path.exists():
             raise DataError(f"{path}: file not found (run `dvc repro validate`)")
-        md5 = hashlib.md5()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                md5.update(block)
-        folded.update(f"{name}:{md5.hexdigest()}\n".encode())
+        folded.update(f"{name}:{file_digest(path, 'md5')}\n".encode())
     return folded.hexdigest()
 
 
@@ -233,7 +227,7 @@ def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = N
 
 
 def write_leaderboard(rows: list[dict[str, Any]], root: str | Path = ".") -> Path:
-    path = Path(root) / LEADERBOARD_PATH
+    path = Path(root) / SWEEP_LEADERBOARD_PATH
     write_text(path, leaderboard_csv(rows))
     return path
 

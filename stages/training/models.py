@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.core.errors import DataError
+from stages.core.errors import DataError, first_line
 from stages.core.io import atomic_path
 
 MODELS = ("linear", "mlp")
@@ -153,6 +154,23 @@ def column_moments(x: np.ndarray, chunk_rows: int = 1 << 18) -> tuple[np.ndarray
     return mean, np.sqrt(var)
 
 
+FORWARD_CHUNK = 65536  # rows per forward pass over a whole split: bounds activation memory
+
+
+def forward_chunks(model: nn.Module, x: np.ndarray | torch.Tensor,
+                   chunk_rows: int = FORWARD_CHUNK) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows, model(x[rows])) a chunk at a time, without autograd; a numpy `x` goes to the
+    model's device chunk by chunk (parquet-backed arrays are read-only: those are copied)."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for i in range(0, len(x), chunk_rows):
+            rows = slice(i, i + chunk_rows)
+            chunk = x[rows]
+            if isinstance(chunk, np.ndarray):
+                chunk = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy()).to(device)
+            yield rows, model(chunk)
+
+
 def weight_tensors(model: nn.Module) -> list[nn.Parameter]:
     """The parameters a penalty applies to: weight matrices, not biases (nor scaling buffers)."""
     return [p for p in model.parameters() if p.ndim >= 2]
@@ -175,7 +193,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: not a readable model file ({str(exc).splitlines()[0][:200]})") from None
+        raise DataError(f"{path}: not a readable model file ({first_line(exc)})") from None
     except Exception as exc:  # torch raises pickle.UnpicklingError subclasses for wrong content
         raise DataError(f"{path}: not a readable model file ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or not {"state_dict", "config"} <= blob.keys():
@@ -185,6 +203,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         model = build_model(cfg)
         model.load_state_dict(blob["state_dict"])
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise DataError(f"{path}: model does not match its config ({str(exc).splitlines()[0][:200]})") from None
+        raise DataError(f"{path}: model does not match its config ({first_line(exc)})") from None
     model.to(map_location).eval()
     return model, cfg

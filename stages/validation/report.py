@@ -15,22 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stages.core.errors import first_line
+from stages.core.io import jsonable
+
 MAX_LINES = 40  # failed checks listed on stderr; the report has them all
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars unwrapped, non-finite floats as strings ('inf', 'nan')."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def _exception_message(info: dict[str, Any] | None) -> str | None:
@@ -40,7 +28,7 @@ def _exception_message(info: dict[str, Any] | None) -> str | None:
     infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
     for item in infos:
         if item.get("raised_exception"):
-            return (item.get("exception_message") or "unknown error").splitlines()[0]
+            return first_line(item.get("exception_message") or "unknown error")
     return None
 
 

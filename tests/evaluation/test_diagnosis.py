@@ -149,6 +149,25 @@ def test_curve_rise_late_in_the_run_is_not_overfit():
     assert fit["verdict"] == "good"
 
 
+EARLY_FLAT = curve([3.0, 1.5, 1.0] + [1.05] * 17)  # best at 3 of 20, ends only 5% above it
+LATE_RISE = curve([3.0 - 0.1 * i for i in range(15)] + [2.0] * 5)  # best at 15 of 20, ends 25% above it
+
+
+@pytest.mark.parametrize(("history", "early", "rose", "verdict"), [
+    (EARLY_FLAT, True, False, "good"),  # bottomed out early, but no rise
+    (LATE_RISE, False, True, "good"),  # rose, but the minimum came late
+    (U_SHAPED, True, True, "overfit"),  # both: the curve rule fires
+], ids=["early-minimum-no-rise", "late-minimum-with-rise", "both"])
+def test_curve_rule_needs_an_early_minimum_and_a_rise(history, early, rose, verdict):
+    # the evaluated model is the last epoch's, and its gap is small: only the curve can flag overfit
+    fit = fit_diagnosis(P, reg_metrics(1.0, 1.05), history, reg_meta(), restored_best=False)
+    assert (fit["best_epoch_fraction"] < P.early_best_fraction) is early
+    assert (fit["val_rise"] > P.val_rise) is rose
+    assert fit["verdict"] == verdict, fit["reasons"]
+    shape = [r for r in fit["reasons"] if "bottomed out" in r]
+    assert len(shape) == 1  # the curve's line: a reason for the verdict either way
+
+
 def test_overfit_and_underfit_at_once():
     fit = fit_diagnosis(P, reg_metrics(7.0, 12.0), FLAT, reg_meta())
     assert fit["verdict"] == "overfit+underfit"

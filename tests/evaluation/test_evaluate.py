@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -346,6 +347,33 @@ def test_examples_are_valid_full_params_files():
         # and the sections it shares with params.yaml that it does not mean to change are the same
         for section in set(current) - {"data", "train"}:
             assert raw[section] == current[section], (name, section)
+        # in data and train, only the lines marked `# <-` differ (examples/regenerate.py marks them)
+        marked = _marked_keys(name)
+        assert bool(marked) == (name != "good"), (name, marked)
+        for section in ("data", "train"):
+            assert set(raw[section]) == set(current[section]), (name, section)
+            for key, value in current[section].items():
+                if (section, key) in marked:
+                    assert raw[section][key] != value, (name, f"{section}.{key} is marked but unchanged")
+                else:
+                    assert raw[section][key] == value, (name, f"{section}.{key}")
+
+
+def _marked_keys(name: str) -> set[tuple[str, str]]:
+    """(section, key) of the lines an example marks as changed with `# <-`."""
+    marked, section = set(), None
+    for line in (EXAMPLES / f"{name}.yaml").read_text().splitlines():
+        if top := re.match(r"^(\w+):", line):
+            section = top.group(1)
+        elif (key := re.match(r"^  (\w+):.*# <-", line)) and section is not None:
+            marked.add((section, key.group(1)))
+    return marked
+
+
+def test_good_example_is_the_default_params():
+    # "The default params.yaml, unchanged": no line marked, every section equal to params.yaml's
+    assert _marked_keys("good") == set()
+    assert _example("good") == yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 # --------------------------------------------------------------- scenarios, end to end

@@ -8,8 +8,8 @@ import pytest
 
 from flows.history import read_history
 from flows.interactive import interactive_heartbeat
-from flows.pipeline import run_pipeline, training_pipeline
-from flows.stage_run import StageFailed
+from flows.pipeline import run_pipeline, run_stage, training_pipeline
+from flows.stage_run import StageFailed, classify_failure
 from flows.workspace_lock import WorkspaceBusy, workspace_lock
 from stages.core.errors import FitlineError
 from tests.conftest import run_cmd
@@ -95,6 +95,23 @@ def test_after_dvc_repro_everything_cached_and_missing_outs_restored(toy_repo, p
     assert toy_runs(toy_repo) == []
     assert (toy_repo / "out/b.json").read_text() == b_out  # restored from DVC's cache
     assert _dvc_clean(toy_repo)
+
+
+@pytest.mark.parametrize(("exc", "retried"), [
+    (classify_failure("b", 1, "fitline b: error: validation failed: 3 expectations failed"), False),
+    (classify_failure("b", 255, "ERROR: failed to reproduce 'b': failed to run: python b.py, exited with -9"), True),
+    (classify_failure("b", 255, "ERROR: Unable to acquire lock. Most likely another DVC process is running"), True),
+    (OSError(28, "No space left on device"), True),
+], ids=["stage-own-error", "killed", "dvc-lock", "oserror"])
+def test_stage_task_retries_all_but_a_stages_own_error(exc, retried):
+    """The decision Prefect's task engine makes on a failure (TaskRunEngine.can_retry): the task's
+    retry_condition_fn on a Failed state holding the exception; no condition retries everything."""
+    from prefect.states import Failed
+
+    state = Failed(data=exc, message=f"Task run encountered unexpected exception: {exc!r}")
+    condition = run_stage.retry_condition_fn
+    assert run_stage.retries == 2
+    assert (condition(run_stage, None, state) if condition is not None else True) is retried
 
 
 @pytest.mark.slow

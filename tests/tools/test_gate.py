@@ -146,6 +146,38 @@ def test_project_params_gate_rules_parse():
     assert any(isinstance(r, NoRegression) for r in rules) and any(isinstance(r, Threshold) for r in rules)
 
 
+def test_project_params_default_gate_rules():
+    """The gate CI runs by default, rule by rule: loosening one must be a visible change here."""
+    gate = yaml.safe_load((ROOT / "params.yaml").read_text())["gate"]
+    assert gate == {
+        "rules": [
+            {"rule": "eval.test.r2 >= 0.90", "when": "regression"},
+            {"rule": "eval.test.accuracy >= 0.7", "when": "classification"},
+            "eval.fit.verdict == good",
+            "export.metric_drop <= 0.01",
+            "export.parity_max_scaled <= 1.0",
+        ],
+        "regressions": [
+            {"metric": "eval.test.rmse", "better": "lower", "rel_tol": 0.02, "when": "regression"},
+            {"metric": "eval.test.r2", "better": "higher", "abs_tol": 0.005, "when": "regression"},
+            {"metric": "eval.test.log_loss", "better": "lower", "rel_tol": 0.05, "when": "classification"},
+            {"metric": "eval.test.accuracy", "better": "higher", "abs_tol": 0.01, "when": "classification"},
+        ],
+    }
+    # and as the gate reads them
+    assert parse_rules(load_params(ROOT / "params.yaml").gate) == [
+        Threshold("eval.test.r2", ">=", 0.9, "eval.test.r2 >= 0.90", "regression"),
+        Threshold("eval.test.accuracy", ">=", 0.7, "eval.test.accuracy >= 0.7", "classification"),
+        Threshold("eval.fit.verdict", "==", "good", "eval.fit.verdict == good"),
+        Threshold("export.metric_drop", "<=", 0.01, "export.metric_drop <= 0.01"),
+        Threshold("export.parity_max_scaled", "<=", 1.0, "export.parity_max_scaled <= 1.0"),
+        NoRegression("eval.test.rmse", "lower", rel_tol=0.02, when="regression"),
+        NoRegression("eval.test.r2", "higher", abs_tol=0.005, when="regression"),
+        NoRegression("eval.test.log_loss", "lower", rel_tol=0.05, when="classification"),
+        NoRegression("eval.test.accuracy", "higher", abs_tol=0.01, when="classification"),
+    ]
+
+
 # ------------------------------------------------------------------------------ lookups
 
 

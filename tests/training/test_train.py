@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -14,11 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from stages.core import code
 from stages.core.contracts import CHECKPOINT_NAME
 from stages.core.errors import DataError, ParamsError, TrainingDiverged
 from stages.core.params import DataParams, TrainParams
 from stages.data.splits import Split
 from stages.train import main
+from stages.training.checkpoint import run_fingerprint
 from stages.training.loop import evaluate_loss, model_config, train_model
 from stages.training.models import build_model, fit_scaling, load_model
 from stages.training.optim import lr_at, make_loss
@@ -164,6 +167,28 @@ def test_l1_drives_uninformative_coefficients_nearer_zero_than_l2() -> None:
     np.testing.assert_allclose(weights["l1"][:3], coef[:3], atol=0.3)  # the real signal survives
 
 
+def test_training_loop_penalises_weights_not_biases() -> None:
+    """Full-batch GD with l2 converges to ridge regression with an unpenalised intercept.
+
+    Raw units (scaling none) and a target offset of 5: with standardised features and target the
+    intercept's optimum is 0 with or without a penalty, and a penalised bias would go unseen."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 2)).astype(np.float32)
+    y = (5.0 + x @ np.array([2.0, -1.0]) + 0.1 * rng.standard_normal(60)).astype(np.float32)
+    splits = {"train": Split(x[:40], y[:40]), "val": Split(x[40:], y[40:])}
+    lam = 1.0  # large: it halves the weights
+    p = TrainParams(model="linear", optimizer="gd", lr=0.2, epochs=50, regularizer="l2", reg_strength=lam,
+                    scaling="none", early_stopping={"patience": None})
+    layer = train_model(p, splits, regression_meta(2)).model.net[0]
+    # minimise mean((x·w + b - y)²) + λ·|w|²: the normal equations, λ on w only
+    xt, yt = x[:40].astype(np.float64), y[:40].astype(np.float64)
+    a = np.c_[xt, np.ones(len(xt))]
+    want = np.linalg.solve(a.T @ a / len(a) + lam * np.diag([1.0, 1.0, 0.0]), a.T @ yt / len(a))
+    got = np.r_[layer.weight.detach().numpy().ravel(), layer.bias.detach().numpy()]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert abs(got[2] - yt.mean()) < 0.3  # the bias keeps the target's offset; a penalised one halves it
+
+
 def test_default_params_handle_columns_in_the_thousands_next_to_tiny_ones() -> None:
     """Raw columns ×1000 and ×0.001 (plus a target offset): defaults train near the noise floor."""
     scales = np.array([1000, 0.001, 1000, 0.001, 1, 1])
@@ -236,6 +261,23 @@ def test_grad_clip_is_applied() -> None:
     free = train_model(small(optimizer="sgd", lr=0.05), splits, meta)
     clipped = train_model(small(optimizer="sgd", lr=0.05, grad_clip=1e-3), splits, meta)
     assert clipped.metrics["train_loss"] > free.metrics["train_loss"]  # tiny clipped steps learn less
+
+
+def test_grad_clip_scales_the_whole_gradient_to_norm_grad_clip() -> None:
+    # a linear model starts at zero: the first full-batch gradient of mean((w·x + b - y)²) is
+    # (-2·mean(x·y), -2·mean(y)), norm about 100 here; clipped to norm 0.5, plain GD moves the
+    # parameters by exactly lr·0.5 along it
+    x = np.array([[1.0], [2.0], [3.0]], np.float32)
+    y = np.array([10.0, 20.0, 30.0], np.float32)
+    splits = {"train": Split(x, y), "val": Split(x, y)}
+    p = TrainParams(model="linear", optimizer="gd", lr=0.1, epochs=1, regularizer="none", scaling="none",
+                    grad_clip=0.5, early_stopping={"patience": None})
+    layer = train_model(p, splits, regression_meta(1)).model.net[0]
+    step = np.r_[layer.weight.detach().numpy().ravel(), layer.bias.detach().numpy()]  # minus zero
+    grad = np.array([-2 * np.mean(x[:, 0] * y), -2 * np.mean(y)])
+    assert np.linalg.norm(grad) > 100 * p.grad_clip  # far above the clip: clipping decides the step
+    assert np.linalg.norm(step) == pytest.approx(p.lr * p.grad_clip, rel=1e-5)
+    np.testing.assert_allclose(step, -p.lr * p.grad_clip * grad / np.linalg.norm(grad), rtol=1e-5)
 
 
 def test_bad_data_is_a_data_error() -> None:
@@ -320,6 +362,41 @@ def test_checkpoint_of_other_params_or_a_torn_one_is_ignored(tmp_path: Path) -> 
                        checkpoint_dir=tmp_path).metrics["resumed_from_epoch"] == 4
     (tmp_path / CHECKPOINT_NAME).write_bytes(b"torn")
     assert train_model(p, splits, meta, checkpoint_dir=tmp_path).metrics["resumed_from_epoch"] == 0
+
+
+def test_checkpoint_fingerprint_changes_with_the_data_and_the_code(tmp_path: Path, monkeypatch) -> None:
+    splits, _ = linear_splits(10, 2, 2, 0.3)
+    p, cpu = small(), torch.device("cpu")
+    cfg = model_config(p, regression_meta(2))
+
+    def fingerprint(**changed: Split) -> str:
+        return run_fingerprint(p, {**splits, **changed}, cfg, cpu)
+
+    def nudged(a: np.ndarray) -> np.ndarray:
+        a = a.copy()
+        a.flat[0] += 1
+        return a
+
+    base = fingerprint()
+    same = {name: Split(s.x.copy(), s.y.copy()) for name, s in splits.items()}
+    assert fingerprint(**same) == base  # the content counts, not the arrays' identity
+    for name in ("train", "val"):
+        s = splits[name]
+        assert fingerprint(**{name: Split(nudged(s.x), s.y)}) != base, f"{name} features"
+        assert fingerprint(**{name: Split(s.x, nudged(s.y))}) != base, f"{name} targets"
+    # the code training runs: every module the training loop imports, as it is on disk
+    # (tests/core/test_code.py checks which files those are)
+    copy = tmp_path / "copy"
+    shutil.copytree(code.PACKAGE_DIR, copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(code, "PACKAGE_DIR", copy / "stages")
+    assert fingerprint() == base  # the same bytes read from elsewhere
+    files = code.imported_files(*code.TRAINING_CODE)
+    assert copy / "stages" / "training" / "distributed.py" in files
+    for path in files:
+        before = path.read_bytes()
+        path.write_bytes(before + b"# an edit\n")
+        assert fingerprint() != base, path
+        path.write_bytes(before)
 
 
 # --------------------------------------------------------------------- the stage entry point

@@ -332,6 +332,35 @@ def test_drift_tolerance_widens_for_small_splits_only() -> None:
     assert drift_expectations("x", ref, 1, PARAMS) == []  # no spread in one row
 
 
+def test_drift_std_allowance_is_drift_noise_z_standard_errors_on_a_small_split() -> None:
+    # train: 200 seeded normal values; val: 12 rows. The relative standard error of a sample std
+    # is sqrt((kurtosis - 1) / 4 * (1/n_val + 1/n_train)), about 0.2 here: 5 of them (about 1.0)
+    # is the std's allowance, far wider than drift_std_tol 0.25
+    train = np.random.default_rng(1).standard_normal(200)
+    kurtosis = np.mean((train - train.mean()) ** 4) / np.var(train, ddof=1) ** 2
+    n = 12
+    allowance = PARAMS.drift_noise_z * math.sqrt((kurtosis - 1) / 4 * (1 / n + 1 / len(train)))
+    assert allowance > 2 * PARAMS.drift_std_tol
+    ref = column_reference(pd.Series(train), PARAMS.bounds_quantile, PARAMS.bounds_margin, None)
+    std = drift_expectations("x", ref, n, PARAMS)[1]
+    assert std.meta["check"] == "drift_std"
+    assert std.max_value == pytest.approx(train.std(ddof=1) * (1 + allowance), rel=1e-9)
+    assert std.min_value == pytest.approx(max(train.std(ddof=1) * (1 - allowance), 0.0), abs=1e-12)
+
+    # through GX: a val column spread to just inside the allowance passes, just outside fails
+    unit = np.linspace(-1, 1, n)
+    unit = (unit - unit.mean()) / unit.std(ddof=1)  # sample std 1, mean 0
+
+    def std_fails(ratio: float) -> bool:
+        frame = pd.DataFrame({"x": train.mean() + unit * ratio * train.std(ddof=1)})
+        suite = drift_expectations("x", ref, n, PARAMS)  # new expectations: GX binds them to one suite
+        _, failures = validate.validate_split(validate.make_context(), "val", frame, suite[1:])
+        return bool(failures)
+
+    assert not std_fails(1 + 0.95 * allowance)
+    assert std_fails(1 + 1.05 * allowance)
+
+
 def test_gx_frame_keeps_values_and_dtype_kind() -> None:
     frame = pd.DataFrame({"f": np.array([0.1, np.inf], np.float32), "i": np.array([1, 2], np.int32),
                           "s": ["a", "b"]})
