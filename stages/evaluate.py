@@ -19,6 +19,7 @@ from stages.core.contracts import (
     MODEL_PATH,
     REPORTS_DIR,
     TRAIN_METRICS_PATH,
+    check_model_fits,
     read_history,
 )
 from stages.core.errors import run_main
@@ -27,7 +28,7 @@ from stages.core.params import EvaluateParams, load_params
 from stages.data.splits import Split, load_meta, load_splits
 from stages.evaluation.diagnosis import LOSS_NAME
 from stages.evaluation.report import class_labels, fit_report, plot_tables, sample_rows
-from stages.evaluation.scoring import Evaluation, check_model_fits, evaluate_splits
+from stages.evaluation.scoring import Evaluation, evaluate_splits
 
 if TYPE_CHECKING:  # torch is imported where a model is evaluate_splits: the stage's error paths stay light
     pass

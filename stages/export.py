@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 
-from stages.core.contracts import DATA_DIR, EXPORT_METRICS_PATH, INT8_PATH, MODEL_PATH, ONNX_PATH
+from stages.core.contracts import DATA_DIR, EXPORT_METRICS_PATH, INT8_PATH, MODEL_PATH, ONNX_PATH, check_model_fits
 from stages.core.errors import run_main
 from stages.core.io import write_json
 from stages.core.params import load_params
 from stages.data.splits import load_meta, load_splits
-from stages.serving.onnx import check_features, export_model
+from stages.serving.onnx import export_model
 from stages.training.models import load_model
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def main() -> None:
     params = load_params()
     meta = load_meta(DATA_DIR)
     model, cfg = load_model(MODEL_PATH)
-    check_features(cfg, meta)
+    check_model_fits(cfg, meta)
     # test, and train for static calibration only: val is not a dependency of this stage
     names = ("train", "test") if params.export.quantization == "static" else ("test",)
     splits = load_splits(DATA_DIR, meta, names=names)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.core.contracts import DATA_DIR, SPLITS
+from stages.core.contracts import DATA_DIR, META_NAME, SPLITS
 from stages.core.errors import run_main
 from stages.core.io import write_json
 from stages.core.params import DataParams, load_params
@@ -54,7 +54,7 @@ def run(p: DataParams, out_dir: Path = DATA_DIR) -> dict[str, Any]:
         k = len(meta["classes"])
         meta["class_counts"] = {s: np.bincount(labels[split_of == i], minlength=k).tolist()
                                 for i, s in enumerate(SPLITS)}
-    write_json(out_dir / "meta.json", meta)
+    write_json(out_dir / META_NAME, meta)
     log.info("wrote %s rows (%s) to %s", sum(meta["rows"].values()), meta["rows"], out_dir)
     return meta
 

@@ -62,6 +62,17 @@ COMPARE_CURVES_PATH = REPORTS_DIR / "compare.csv"
 COMPARE_CHART_PATH = REPORTS_DIR / "compare.png"
 
 
+def check_model_fits(cfg: dict[str, Any], meta: dict[str, Any], model_path: str | Path = MODEL_PATH) -> None:
+    """The model was trained for this data's task and features, in this order (else: re-run
+    train); evaluate and export call this before they feed the data to the model."""
+    if cfg.get("task") != meta["task"] or list(cfg.get("feature_names", [])) != list(meta["feature_names"]):
+        raise DataError(
+            f"{model_path}: trained for task {cfg.get('task')!r} on features {cfg.get('feature_names')}, "
+            f"but {META_PATH} has task {meta['task']!r} and features {meta['feature_names']} "
+            "(re-run the train stage)"
+        )
+
+
 def split_path(name: str, data_dir: str | Path = DATA_DIR) -> Path:
     """data/<split>.parquet"""
     return Path(data_dir) / f"{name}.parquet"

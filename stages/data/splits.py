@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stages.core.contracts import DATA_DIR, SPLITS, split_path
 from stages.core.errors import DataError, first_line
 from stages.core.io import atomic_path, read_json
 
@@ -53,7 +54,7 @@ def write_rows(writers: dict[str, pq.ParquetWriter], names: list[str], x: np.nda
 def split_writers(out_dir: Path) -> Iterator[Any]:
     """Open one ParquetWriter per split on temporary paths; rename all into place only on success."""
     with contextlib.ExitStack() as stack:
-        tmps = {s: stack.enter_context(atomic_path(out_dir / f"{s}.parquet")) for s in SPLITS}
+        tmps = {s: stack.enter_context(atomic_path(split_path(s, out_dir))) for s in SPLITS}
         writers: dict[str, pq.ParquetWriter] = {}
 
         def factory(names: list[str], target: str, task: str) -> dict[str, pq.ParquetWriter]:
@@ -69,8 +70,6 @@ def split_writers(out_dir: Path) -> Iterator[Any]:
                 w.close()
 
 
-DATA_DIR = Path("data")
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ def read_split_frame(name: str, data_dir: str | Path = DATA_DIR) -> pd.DataFrame
     pd.read_parquet of the whole file held the Arrow table and the frame at once, and Arrow's
     allocator keeps what it frees: 2.2 GB of RSS for a 7M x 21 split of 560 MiB; this way the
     frame plus one column, and the freed Arrow memory goes back to the system."""
-    path = Path(data_dir) / f"{name}.parquet"
+    path = split_path(name, data_dir)
     if not path.exists():
         raise DataError(f"{path}: file not found (run the generate stage first)")
     try:
@@ -131,7 +130,7 @@ def read_split(name: str, meta: dict[str, Any], data_dir: str | Path = DATA_DIR)
     The DataFrame route held the Arrow table, the DataFrame and the array at once, and Arrow's
     allocator keeps what it frees: 2.2 GB of RSS for a 7M x 20 train split of 560 MiB; this way
     the arrays plus one column chunk (640 MiB)."""
-    path = Path(data_dir) / f"{name}.parquet"
+    path = split_path(name, data_dir)
     if not path.exists():
         raise DataError(f"{path}: file not found (run the generate stage first)")
     cols, target = [*meta["feature_names"]], meta["target"]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stages.core.contracts import MODEL_PATH, SPLITS
+from stages.core.contracts import SPLITS
 from stages.core.errors import DataError
 from stages.core.params import EvaluateParams
 from stages.data.splits import Split
@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # torch is imported where a model is run: the stage's error p
     from torch import nn
 
 
-PREDICT_CHUNK = 65536  # rows per forward pass
 
 
 @dataclass
@@ -34,13 +33,10 @@ class Evaluation:
 
 def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Model outputs for raw features, in chunks on the model's device, as float64 numpy."""
-    import torch
+    from stages.training.models import forward_chunks
 
     model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        out = [model(torch.tensor(x[i : i + PREDICT_CHUNK], device=device)).float().cpu().numpy()
-               for i in range(0, len(x), PREDICT_CHUNK)]
+    out = [y.float().cpu().numpy() for _, y in forward_chunks(model, x)]
     return np.concatenate(out).astype(np.float64) if out else np.empty((0,))
 
 
@@ -66,16 +62,6 @@ def score_outputs(params: EvaluateParams, outputs: dict[str, np.ndarray], splits
     report["irreducible"] = truth.get("irreducible") if truth else None
     report["fit"] = fit_diagnosis(params, report, history, meta, restored_best=restored_best)
     return report
-
-
-def check_model_fits(cfg: dict[str, Any], meta: dict[str, Any]) -> None:
-    """The model was trained on this data's features and task (else: re-run train)."""
-    if cfg.get("task") != meta["task"] or list(cfg.get("feature_names", [])) != list(meta["feature_names"]):
-        raise DataError(
-            f"{MODEL_PATH}: trained for task {cfg.get('task')!r} on features {cfg.get('feature_names')}, "
-            f"but data/meta.json has task {meta['task']!r} and features {meta['feature_names']} "
-            "(re-run the train stage)"
-        )
 
 
 def evaluate_splits(params: EvaluateParams, model: nn.Module, splits: dict[str, Split], meta: dict[str, Any],

@@ -8,7 +8,7 @@
    classification probabilities); any output off by more than `parity_atol + parity_rtol *
    |torch output|` fails (float32 rounding grows with the output: a price of 1e5 is off by a
    few 1e-3 from summation order alone).
-3. Int8 (see stages/quantize.py); its main test metric (regression R², classification
+3. Int8 (see stages/serving/quantize.py); its main test metric (regression R², classification
    accuracy) against the fp32 model's; a drop over `export.max_metric_drop` fails.
 4. Latency (median ms per call, batch 1 and 1024) for torch eager, ONNX fp32 and int8.
 
@@ -33,7 +33,7 @@ import onnx
 import torch
 from torch import nn
 
-from stages.core.contracts import INT8_NAME, MODEL_PATH, MODELS_DIR, ONNX_NAME
+from stages.core.contracts import INT8_NAME, MODELS_DIR, ONNX_NAME
 from stages.core.errors import DataError, ExportError, first_line
 from stages.core.io import atomic_path
 from stages.core.params import ExportParams
@@ -41,6 +41,7 @@ from stages.data.splits import Split
 from stages.evaluation.metrics import regression_metrics
 from stages.serving.predict import CLASSIFICATION_OUTPUTS, INPUT_NAME, METADATA_KEY, REGRESSION_OUTPUTS, OnnxModel
 from stages.serving.quantize import calibration_rows, quantize_model
+from stages.training.models import forward_chunks
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ LATENCY_BATCHES = {"batch_1": 1, "batch_1024": 1024}
 LATENCY_THREADS = 1
 
 
-TORCH_CHUNK = 65536
 
 
 class ServingModel(nn.Module):
@@ -111,14 +111,9 @@ def export_onnx(model: nn.Module, cfg: dict[str, Any], dest: Path, opset: int) -
         raise ExportError(f"exported model fails onnx.checker: {first_line(exc)}") from None
 
 
-@torch.no_grad()
 def torch_primary(model: nn.Module, task: str, x: np.ndarray) -> np.ndarray:
     """Torch's counterpart of the graph's main output: predictions, or class probabilities."""
-    parts = []
-    for i in range(0, len(x), TORCH_CHUNK):
-        chunk = x[i : i + TORCH_CHUNK]  # parquet-backed arrays are read-only; torch wants writable
-        out = model(torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy()))
-        parts.append((out if task == "regression" else torch.softmax(out, dim=-1)).numpy())
+    parts = [(out if task == "regression" else torch.softmax(out, dim=-1)).numpy() for _, out in forward_chunks(model, x)]
     return np.concatenate(parts)
 
 
@@ -132,7 +127,7 @@ def metric_name(task: str) -> str:
 
 
 def test_metric(task: str, y: np.ndarray, main_output: np.ndarray) -> float:
-    """Regression R² (stages.metrics, as in metrics/eval.json); accuracy of argmax(probabilities)."""
+    """Regression R² (stages.evaluation.metrics, as in metrics/eval.json); accuracy of argmax(probabilities)."""
     if task == "regression":
         return regression_metrics(y, main_output)["r2"]
     return float((main_output.argmax(axis=1) == y).mean())
@@ -275,11 +270,3 @@ def export_model(
         "latency_repeats": params.latency_repeats,
         "latency_threads": LATENCY_THREADS,
     }
-
-
-def check_features(cfg: dict[str, Any], meta: dict[str, Any]) -> None:
-    if list(cfg["feature_names"]) != list(meta["feature_names"]):
-        raise DataError(
-            f"{MODEL_PATH}: trained on features {cfg['feature_names']}, but data/meta.json has "
-            f"{meta['feature_names']} (re-run the train stage)"
-        )

@@ -5,7 +5,7 @@ serving host needs only onnxruntime, numpy and pandas. tests/test_predict.py che
 
 Everything a prediction needs travels inside the .onnx file: the feature names, the target,
 the task and the original class labels are stored as JSON under the metadata key
-`fitline` (written by stages/export.py). The graph takes one input `features`
+`fitline` (written by the export stage). The graph takes one input `features`
 (float32, [batch, n_features], raw unscaled values in `feature_names` order) and returns
 `prediction` [batch] (regression) or `probabilities` [batch, K] and `label` [batch] (int64
 class index; classification).

@@ -2,8 +2,8 @@
 against the metrics committed at a baseline git revision.
 
 `fitline gate [--baseline REV] [--report FILE] [--json FILE]` (flows/cli.py) calls `main`.
-The rules and their judgement live in stages/gate_rules.py (pure), the report in
-stages/gate_report.py; this module only reads files and git.
+The rules and their judgement live in stages/tools/gate_rules.py (pure), the report in
+stages/tools/gate_report.py; this module only reads files and git.
 
 Baseline metrics are read with `git show REV:metrics/eval.json`, never from the workspace, so
 the metrics files must be git-tracked (dvc.yaml `cache: false` on them, as DVC intends for

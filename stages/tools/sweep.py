@@ -25,7 +25,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from stages.core.code import TRIAL_CODE, code_digest
-from stages.core.contracts import META_NAME, SPLITS, SWEEP_LEADERBOARD_PATH, VALIDATION_REPORT_PATH, split_path
+from stages.core.contracts import (
+    META_NAME,
+    PARAMS_PATH,
+    SPLITS,
+    SWEEP_LEADERBOARD_PATH,
+    VALIDATION_REPORT_PATH,
+    split_path,
+)
 from stages.core.errors import DataError, FitlineError, ParamsError
 from stages.core.io import file_digest, read_json, write_text
 from stages.core.params import EvaluateParams, TrainParams, parse_params
@@ -267,7 +274,7 @@ def _yaml_value(new: Any, old: Any) -> Any:
     return new
 
 
-def apply_overrides(text: str, overrides: Mapping[str, Any], source: str = "params.yaml") -> str:
+def apply_overrides(text: str, overrides: Mapping[str, Any], source: str = str(PARAMS_PATH)) -> str:
     """params.yaml's text with train keys set to `overrides`; comments, order and the other keys
     kept. The result is validated like any params.yaml (a ParamsError leaves the file alone)."""
     import yaml as pyyaml

@@ -20,7 +20,7 @@ check name and what was expected, in words, for the report and the stderr list.
 | leakage         | ExpectColumnValuesToBeUnique (row hashes) | a row present in more than one split         |
 
 Class balance has no GX expectation (GX has none for a per-value proportion); it is computed in
-stages.validate and reported in the same format.
+stages.validation.checks and reported in the same format.
 """
 
 from __future__ import annotations

@@ -229,11 +229,6 @@ def test_non_finite_model_outputs_are_a_data_error():
         scoring.evaluate_model(EvaluateParams(), Affine([float("nan"), 0.0]), _linear_splits(0.5), META, HISTORY)
 
 
-def test_model_trained_on_other_features_is_rejected():
-    with pytest.raises(DataError, match="re-run the train stage"):
-        scoring.check_model_fits({"task": "regression", "feature_names": ["a", "c"]}, META)
-
-
 def test_quantile_bins_and_sampling():
     actual = np.arange(10.0)
     a, p = eval_report.quantile_bins(actual, actual + 100)

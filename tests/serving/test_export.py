@@ -119,11 +119,6 @@ def test_calibration_rows_are_a_seeded_subset():
     assert calibration_rows(x, 1000).shape == (100, 2)
 
 
-def test_feature_mismatch_between_model_and_data_is_a_data_error():
-    with pytest.raises(DataError, match=r"trained on features \['a', 'b'\]"):
-        onnx_export.check_features({"feature_names": ["a", "b"]}, {"feature_names": ["a", "c"]})
-
-
 # --------------------------------------------------------------------- exported models
 
 

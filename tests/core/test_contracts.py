@@ -1,0 +1,56 @@
+"""The contracts between stages: every path dvc.yaml names comes from one module, and one check
+that a model fits the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.core import contracts
+from stages.core.errors import DataError
+from tests.conftest import ROOT
+
+META = {"task": "regression", "feature_names": ["a", "b"], "target": "y"}
+
+
+def _outs(stage: dict) -> list[str]:
+    entries = stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", [])
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+
+
+def test_every_stage_output_is_a_contracts_path():
+    """dvc.yaml's outputs (data, models, metrics, reports) are the paths contracts names, so a
+    stage that writes a file writes it where DVC looks."""
+    named = {str(v) for k, v in vars(contracts).items() if k.isupper() and isinstance(v, (str, Path))}
+    named |= {str(contracts.split_path(s)) for s in contracts.SPLITS}
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outs = [o for stage in dvc.values() for o in _outs(stage)]
+    roots = {o.split("/")[0] for o in outs}
+    assert roots <= {"data", "reports", "models", "checkpoints", "metrics", "dvclive"}
+    missing = [o for o in outs if o not in named and not o.startswith(contracts.LIVE_DIR + "/")]
+    assert not missing, f"dvc.yaml outputs not in stages/core/contracts.py: {missing}"
+
+
+def test_metrics_files_are_the_stages_metrics_outputs():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    metrics = {next(iter(m)) for stage in dvc.values() for m in stage.get("metrics", [])}
+    assert {str(p) for p in contracts.METRICS_FILES.values()} == metrics
+
+
+@pytest.mark.parametrize(("cfg", "why"), [
+    ({"task": "classification", "feature_names": ["a", "b"]}, "task 'classification'"),
+    ({"task": "regression", "feature_names": ["a", "c"]}, r"features \['a', 'c'\]"),
+    ({"task": "regression", "feature_names": ["b", "a"]}, r"features \['b', 'a'\]"),  # the order counts
+    ({"task": "regression", "feature_names": ["a"]}, r"features \['a'\]"),
+    ({}, "task None"),
+])
+def test_a_model_for_other_data_is_refused_naming_both(cfg, why):
+    with pytest.raises(DataError, match=rf"models/model.pt: trained for .*{why}.*data/meta.json has task 'regression'"
+                                        r".*\(re-run the train stage\)"):
+        contracts.check_model_fits(cfg, META)
+
+
+def test_a_model_for_this_data_passes():
+    contracts.check_model_fits({"task": "regression", "feature_names": ["a", "b"], "hidden": [4]}, META)
