@@ -1,6 +1,6 @@
 """Stage `validate`: Great Expectations suites on every split; bad data stops the pipeline here.
 
-`run(params, frames, meta)` builds one suite per split (stages.expectations) plus a cross-split
+`run(params, frames, meta)` builds one suite per split (stages.validation.expectations) plus a cross-split
 leakage suite, validates each split as one batch of one ephemeral GX context, adds the class
 balance check GX has no expectation for, and returns the report (pure: no files).
 
