@@ -24,9 +24,8 @@ from stages.core.contracts import (
 )
 from stages.core.errors import run_main
 from stages.core.io import read_json, write_json, write_text
-from stages.core.params import EvaluateParams, load_params
+from stages.core.params import LOSS_LABEL, EvaluateParams, load_params
 from stages.data.splits import Split, load_meta, load_splits
-from stages.evaluation.diagnosis import LOSS_NAME
 from stages.evaluation.report import class_labels, fit_report, plot_tables, sample_rows
 from stages.evaluation.scoring import Evaluation, evaluate_splits
 
@@ -47,7 +46,7 @@ def write_outputs(ev: Evaluation, splits: dict[str, Split], meta: dict[str, Any]
     write_text(reports_dir / "predictions.csv", values)
     write_text(reports_dir / "confusion.csv", categories)
     verdict = report["fit"]["verdict"]
-    plots.learning_curves_png(history, reports_dir / "learning_curves.png", LOSS_NAME.get(report["fit"]["loss"], "loss"),
+    plots.learning_curves_png(history, reports_dir / "learning_curves.png", LOSS_LABEL.get(report["fit"]["loss"], "loss"),
                               title=f"learning curves (verdict: {verdict})")
     if task == "regression":
         idx = sample_rows(len(y), params.plot_points)

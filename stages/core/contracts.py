@@ -9,10 +9,12 @@ dvc.yaml's outputs).
 from __future__ import annotations
 
 import csv
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from stages.core.errors import DataError
+from stages.core.io import read_json, write_json
 
 PARAMS_PATH = Path("params.yaml")
 
@@ -60,6 +62,65 @@ SWEEP_LEADERBOARD_PATH = REPORTS_DIR / "sweep.csv"
 COMPARE_REPORT_PATH = REPORTS_DIR / "compare.md"
 COMPARE_CURVES_PATH = REPORTS_DIR / "compare.csv"
 COMPARE_CHART_PATH = REPORTS_DIR / "compare.png"
+
+
+# ------------------------------------------------------------------------ data/meta.json
+
+
+@dataclass(frozen=True)
+class Meta:
+    """data/meta.json: what generate made (task, columns, rows per split, classes, ground truth),
+    read by every later stage."""
+
+    task: Literal["regression", "classification"]
+    feature_names: list[str]
+    target: str
+    rows: dict[str, int] = field(default_factory=dict)  # rows per split
+    classes: list[Any] | None = None  # class labels in index order (classification)
+    class_counts: dict[str, list[int]] | None = None  # per split, per class index
+    source: str = "synthetic"  # synthetic | file
+    kind: str | None = None  # the synthetic kind, or "file"
+    path: str | None = None  # the user file (source file)
+    source_sha256: str | None = None  # of the user file
+    seed: int | None = None
+    n_features: int = 0
+    ground_truth: dict[str, Any] | None = None  # synthetic data: how it was made
+
+    REQUIRED = ("task", "feature_names", "target")
+    OMITTED_WHEN_NONE = ("class_counts", "source_sha256")  # the others are written as null
+
+    @property
+    def n_classes(self) -> int | None:
+        return len(self.classes) if self.task == "classification" and self.classes else None
+
+    @property
+    def irreducible(self) -> dict[str, float] | None:
+        """The noise floor per metric when the data is synthetic (else None)."""
+        return (self.ground_truth or {}).get("irreducible")
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str | Path = META_PATH) -> Meta:
+        if not isinstance(raw, dict):
+            raise DataError(f"{where}: not a JSON object (re-run the generate stage)")
+        for key in cls.REQUIRED:
+            if key not in raw:
+                raise DataError(f"{where}: missing key {key!r} (re-run the generate stage)")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known}
+        values.setdefault("n_features", len(raw["feature_names"]))
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in self.OMITTED_WHEN_NONE}
+
+
+def load_meta(data_dir: str | Path = DATA_DIR) -> Meta:
+    path = Path(data_dir) / META_NAME
+    return Meta.from_dict(read_json(path), path)
+
+
+def write_meta(meta: Meta, data_dir: str | Path = DATA_DIR) -> None:
+    write_json(Path(data_dir) / META_NAME, meta.to_dict())
 
 
 def check_model_fits(cfg: dict[str, Any], meta: dict[str, Any], model_path: str | Path = MODEL_PATH) -> None:

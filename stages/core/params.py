@@ -21,8 +21,8 @@ PARAMS_FILE = "params.yaml"
 
 # ------------------------------------------------------------------------------------ options
 # Each option's values are declared here and nowhere else: pydantic checks params against the
-# Literal, the factories' dispatch dicts are keyed by it (tests compare the keys), and error
-# texts list `allowed(...)`, so a value added here cannot be missing from a message or a dict.
+# Literal, error texts list `allowed(...)`, and the dispatch dicts elsewhere are keyed by it,
+# with a test comparing the keys, so params can never accept a name that nothing dispatches.
 
 DataSource = Literal["synthetic", "file"]
 DataKind = Literal["linear", "friedman", "classification"]  # synthetic data
@@ -174,7 +174,7 @@ class EarlyStoppingParams(Section):
 
 class DistributedParams(Section):
     # enabled: `python -m stages.train` relaunches itself as nproc DDP workers (torch.distributed.run);
-    # a run already started by torchrun is distributed whatever this says (see stages/distributed.py)
+    # a run already started by torchrun is distributed whatever this says (see stages/training/distributed.py)
     enabled: bool = False
     nproc: int = Field(2, ge=1, le=1024)  # workers on this machine (one per GPU for CUDA)
     backend: Backend = "auto"  # auto: nccl when training on CUDA, else gloo
@@ -254,6 +254,12 @@ class EvaluateParams(Section):
     plot_points: int = Field(5000, ge=10)
 
 
+# The loss judged for each task (the metric of the task's default training objective, so a
+# model is judged on what it was trained for), and its name in reports and plots.
+JUDGED_LOSS: dict[TaskName, JudgedLoss] = {"regression": "mse", "classification": "log_loss"}
+LOSS_LABEL: dict[JudgedLoss, str] = {"mse": "MSE", "log_loss": "log loss"}
+
+
 # ------------------------------------------------------------------------------------- export
 
 
@@ -270,7 +276,7 @@ class ExportParams(Section):
 # --------------------------------------------------------------------------------------- gate
 
 
-# The rule grammar ("eval.test.r2 >= 0.85") is parsed by stages/gate_rules.py when the gate
+# The rule grammar ("eval.test.r2 >= 0.85") is parsed by stages/tools/gate_rules.py when the gate
 # starts, not here: every stage depends on params.py, and the gate's grammar must not be one of
 # their dependencies. A malformed rule makes the gate exit 2 naming the rule.
 
@@ -290,9 +296,22 @@ class RegressionRule(Section):
 
 
 class GateParams(Section):
+    # The defaults are the project's gate as params.yaml ships it (thresholds and tolerances
+    # chosen there from measured runs): a params file without a gate section is still gated.
     # absolute rules: "PATH OP VALUE" strings, or {rule: "...", when: regression|classification}
-    rules: tuple[str | AbsoluteRule, ...] = ()
-    regressions: tuple[RegressionRule, ...] = ()
+    rules: tuple[str | AbsoluteRule, ...] = (
+        AbsoluteRule(rule="eval.test.r2 >= 0.90", when="regression"),
+        AbsoluteRule(rule="eval.test.accuracy >= 0.7", when="classification"),
+        "eval.fit.verdict == good",
+        "export.metric_drop <= 0.01",
+        "export.parity_max_scaled <= 1.0",
+    )
+    regressions: tuple[RegressionRule, ...] = (
+        RegressionRule(metric="eval.test.rmse", better="lower", rel_tol=0.02, when="regression"),
+        RegressionRule(metric="eval.test.r2", better="higher", abs_tol=0.005, when="regression"),
+        RegressionRule(metric="eval.test.log_loss", better="lower", rel_tol=0.05, when="classification"),
+        RegressionRule(metric="eval.test.accuracy", better="higher", abs_tol=0.01, when="classification"),
+    )
 
 
 # -------------------------------------------------------------------------------------- sweep
@@ -319,7 +338,7 @@ class CompareParams(Section):
     optimizers: tuple[OptimizerName, ...] = get_args(OptimizerName)
     # per-optimizer learning rates to try; an optimizer not named here uses COMPARE_LRS
     lrs: dict[OptimizerName, tuple[float, ...]] = Field(default_factory=dict)
-    epochs: int | None = Field(None, ge=1)  # null = train.epochs; early stopping is off in a comparison
+    epochs: int | None = Field(60, ge=1)  # null = train.epochs; early stopping is off in a comparison
     weight_decay: float = Field(0.01, ge=0)  # adamw's decoupled decay (the others get none)
     target_loss: float | None = Field(None, gt=0)  # null = target_ratio x the best final val loss
     target_ratio: float = Field(1.1, ge=1)
@@ -341,7 +360,9 @@ class CompareParams(Section):
 
 class SweepParams(Section):
     # train key -> values to try; every combination is one trial (dotted keys for early_stopping)
-    grid: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
+    grid: dict[str, tuple[Any, ...]] = Field(
+        default_factory=lambda: {"lr": (0.001, 0.003, 0.01), "reg_strength": (0.0001, 0.001)}
+    )
     workers: int = Field(2, ge=1)  # trials run at once
     runner: Runner = "threads"
     dask_address: str | None = None  # runner dask: a scheduler address; null = a local cluster

@@ -28,10 +28,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from stages.core.params import EvaluateParams
+from stages.core.params import JUDGED_LOSS, LOSS_LABEL, EvaluateParams
 
-LOSS_OF_TASK = {"regression": "mse", "classification": "log_loss"}
-LOSS_NAME = {"mse": "MSE", "log_loss": "log loss"}
 TINY = 1e-12
 
 UNDERFIT_REMEDIES = {
@@ -113,8 +111,8 @@ def _skill(task: str, split: dict[str, Any], base: dict[str, Any]) -> float:
 def judge_underfit(params: EvaluateParams, task: str, metrics: dict[str, Any], noise_floor: float | None) -> Judgement:
     """Underfit: the train loss against the noise floor when it is known, else the train skill
     over the constant baseline."""
-    loss = LOSS_OF_TASK[task]
-    name = LOSS_NAME[loss]
+    loss = JUDGED_LOSS[task]
+    name = LOSS_LABEL[loss]
     train, base_train = metrics["train"], metrics["baseline"]["train"]
     train_loss = float(train[loss])
     skill = _skill(task, train, base_train)
@@ -142,8 +140,8 @@ def judge_underfit(params: EvaluateParams, task: str, metrics: dict[str, Any], n
 def judge_gap(params: EvaluateParams, task: str, metrics: dict[str, Any]) -> Judgement:
     """Overfit by the generalisation gap of the evaluated model: (val - train) / train, unless
     negligible against the baseline or within the sampling noise (gap_z standard errors)."""
-    loss = LOSS_OF_TASK[task]
-    name = LOSS_NAME[loss]
+    loss = JUDGED_LOSS[task]
+    name = LOSS_LABEL[loss]
     train, val = metrics["train"], metrics["val"]
     train_loss, val_loss = float(train[loss]), float(val[loss])
     floor_train = params.negligible * float(metrics["baseline"]["train"][loss])
@@ -209,7 +207,7 @@ def fit_diagnosis(params: EvaluateParams, metrics: dict[str, Any], history: list
     early stopping restored the best epoch's weights (None: inferred from the curve).
     """
     task = meta["task"]
-    loss = LOSS_OF_TASK[task]
+    loss = JUDGED_LOSS[task]
     irreducible = ((meta.get("ground_truth") or {}).get("irreducible")) or {}
     noise_floor = float(irreducible[loss]) if irreducible.get(loss) is not None else None
     curve = read_curve(history)

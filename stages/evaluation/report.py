@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stages.core.contracts import SPLITS
-from stages.evaluation.diagnosis import LOSS_NAME
+from stages.core.params import LOSS_LABEL
 
 if TYPE_CHECKING:  # torch is imported where a model is run: the stage's error paths stay light
     pass
@@ -75,7 +75,7 @@ def fit_report(report: dict[str, Any], meta: dict[str, Any]) -> str:
     fit, task = report["fit"], report["task"]
     source = f"{meta.get('kind')} (synthetic)" if meta.get("source") == "synthetic" else "user file"
     lines = [f"# Fit diagnosis: **{fit['verdict']}**", "",
-             f"Task: {task}, data: {source}. Loss judged: {LOSS_NAME[fit['loss']]} on whole splits.", "",
+             f"Task: {task}, data: {source}. Loss judged: {LOSS_LABEL[fit['loss']]} on whole splits.", "",
              "## Why", "", *[f"- {r}" for r in fit["reasons"]], ""]
     if fit["remedies"]:
         lines += ["## Remedies", "", *[f"- {r}" for r in fit["remedies"]], ""]

@@ -16,16 +16,17 @@ import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import onnx
 
 from stages.core.errors import ExportError, first_line
+from stages.core.params import Quantization, allowed
 from stages.serving.predict import INPUT_NAME
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "dynamic", "static")
 QUANTISED_OPS = ["Gemm", "MatMul"]
 CALIBRATION_BATCH = 256
 
@@ -91,8 +92,8 @@ def quantize_model(src: Path, dest: Path, mode: str, calibration: np.ndarray | N
     """Write the int8 version of the fp32 model `src` to `dest`, keeping its metadata."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    if mode not in MODES:
-        raise ValueError(f"quantization: unknown mode {mode!r} (allowed: {', '.join(MODES)})")
+    if mode not in get_args(Quantization):
+        raise ValueError(f"quantization: unknown mode {mode!r} (allowed: {allowed(Quantization)})")
     if mode == "none":
         shutil.copyfile(src, dest)
         return

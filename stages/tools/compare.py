@@ -29,7 +29,7 @@ from typing import Any
 
 from stages.core.contracts import COMPARE_CHART_PATH, COMPARE_CURVES_PATH, COMPARE_REPORT_PATH
 from stages.core.io import save_png, write_text
-from stages.core.params import CompareParams, TrainParams
+from stages.core.params import LOSS_LABEL, CompareParams, TrainParams
 from stages.tools.sweep import markdown_table, rank_value
 
 CURVE_COLUMNS = ("optimizer", "lr", "epoch", "seconds", "train_loss", "val_loss")
@@ -143,7 +143,7 @@ def curves_csv(c: Comparison) -> str:
 
 def report_markdown(c: Comparison, *, task: str, n_train: int | None = None,
                     noise_floor: float | None = None, workers: int | None = None) -> str:
-    loss_name = {"mse": "MSE", "log_loss": "log loss"}.get(c.loss, c.loss)
+    loss_name = LOSS_LABEL.get(c.loss, c.loss)
     lines = ["# Optimizer comparison", "",
              f"Task: {task}{f', {n_train} train rows' if n_train else ''}. Loss: val {loss_name} "
              "(lower is better), each optimizer at the best of its learning rates, early stopping off.", ""]
@@ -176,7 +176,7 @@ def chart_png(c: Comparison, dest: str | Path) -> None:
         label = f"{opt} (lr {t['params']['lr']:g})"
         line, = by_epoch.plot([r["epoch"] for r in history], val, label=label, linewidth=1.3)
         by_time.plot([r["seconds"] for r in history], val, label=label, color=line.get_color(), linewidth=1.3)
-    loss_name = {"mse": "MSE", "log_loss": "log loss"}.get(c.loss, c.loss)
+    loss_name = LOSS_LABEL.get(c.loss, c.loss)
     for ax, xlabel in ((by_epoch, "epoch"), (by_time, "training seconds")):
         if c.target is not None and math.isfinite(c.target):
             ax.axhline(c.target, color="grey", linestyle="--", linewidth=1, label=f"target {c.target:.4g}")

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from stages.core.contracts import METRICS_FILES
 from stages.core.errors import FitlineError
-from stages.core.params import GateParams
+from stages.core.params import Better, GateParams
 from stages.core.params import RegressionRule as RegressionRuleParams
 
 Status = Literal["pass", "fail", "error", "skip"]
@@ -85,7 +85,7 @@ class NoRegression:
     """A regression rule: `path` may worsen against the baseline by at most the tolerance."""
 
     path: str
-    better: Literal["higher", "lower"]
+    better: Better
     abs_tol: float = 0.0
     rel_tol: float = 0.0
     when: str | None = None

@@ -35,9 +35,8 @@ from stages.core.contracts import (
 )
 from stages.core.errors import DataError, FitlineError, ParamsError
 from stages.core.io import file_digest, read_json, write_text
-from stages.core.params import EvaluateParams, TrainParams, parse_params
+from stages.core.params import JUDGED_LOSS, EvaluateParams, TrainParams, parse_params
 from stages.data.splits import Split
-from stages.evaluation.diagnosis import LOSS_OF_TASK
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,7 @@ def run_trial(train: TrainParams, evaluate: EvaluateParams, splits: dict[str, Sp
     from stages.training.loop import train_model
 
     task = meta["task"]
-    summary: dict[str, Any] = {"status": "ok", "error": None, "task": task, "loss": LOSS_OF_TASK[task]}
+    summary: dict[str, Any] = {"status": "ok", "error": None, "task": task, "loss": JUDGED_LOSS[task]}
     try:
         result = train_model(train, splits, meta)
         report = evaluate_model(evaluate, result.model, splits, meta, result.history,

@@ -1,6 +1,7 @@
 """Factories for the training objective: loss, penalty (regularizer), optimizer, lr schedule.
 
-Params validation (stages/params.py) already rejects unknown names; the factories still raise
+Each option is a dict keyed by the names its Literal in stages/core/params.py declares (a test
+compares the keys). Params validation already rejects unknown names; the factories still raise
 ValueError naming a bad value, for callers that build params some other way.
 """
 
@@ -8,44 +9,65 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from stages.core.errors import ParamsError
-from stages.core.params import TrainParams
-
-LOSSES = ("mse", "huber", "cross_entropy")
-REGRESSION_LOSSES = ("mse", "huber")
-REGULARIZERS = ("none", "l1", "l2", "elastic_net")
-SCHEDULES = ("constant", "exponential", "step", "cosine")
+from stages.core.params import (
+    LossChoice,
+    LossName,
+    OptimizerName,
+    Regularizer,
+    Schedule,
+    TaskName,
+    TrainParams,
+    allowed,
+)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Penalty = Callable[[Sequence[torch.Tensor]], torch.Tensor]
+OptimizerFactory = Callable[[TrainParams, list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+# name -> (huber_delta -> mean loss over a batch: (prediction or logits, target) -> scalar)
+LOSSES: dict[LossName, Callable[[float], LossFn]] = {
+    "mse": lambda delta: F.mse_loss,
+    "huber": lambda delta: partial(F.huber_loss, delta=delta),
+    "cross_entropy": lambda delta: F.cross_entropy,
+}
+# the losses that fit each task; the first is what `auto` picks
+TASK_LOSSES: dict[TaskName, tuple[LossName, ...]] = {
+    "regression": ("mse", "huber"),
+    "classification": ("cross_entropy",),
+}
+
+
+def _unknown(key: str, value: object, option: object) -> ValueError:
+    """train.KEY names an unknown value: the message lists the option's Literal."""
+    return ValueError(f"train.{key}: unknown {key} {value!r} (allowed: {allowed(option)})")
 
 
 def resolve_loss(loss: str, task: str) -> str:
     """`auto` -> mse (regression) or cross_entropy (classification); a mismatch is a ParamsError."""
+    if loss != "auto" and loss not in LOSSES:
+        raise _unknown("loss", loss, LossChoice)
+    if task not in TASK_LOSSES:
+        raise ValueError(f"task: unknown task {task!r} (allowed: {allowed(TaskName)})")
+    fits = TASK_LOSSES[task]  # type: ignore[index]
     if loss == "auto":
-        return "mse" if task == "regression" else "cross_entropy"
-    if loss not in LOSSES:
-        raise ValueError(f"train.loss: unknown loss {loss!r} (allowed: auto, {', '.join(LOSSES)})")
-    if task == "regression" and loss not in REGRESSION_LOSSES:
-        raise ParamsError(f"train.loss: {loss!r} does not fit a regression task (use auto, mse or huber)")
-    if task == "classification" and loss != "cross_entropy":
-        raise ParamsError(f"train.loss: {loss!r} does not fit a classification task (use auto or cross_entropy)")
+        return fits[0]
+    if loss not in fits:
+        use = ", ".join(("auto",) + fits[:-1]) + " or " + fits[-1]
+        raise ParamsError(f"train.loss: {loss!r} does not fit a {task} task (use {use})")
     return loss
 
 
 def make_loss(name: str, huber_delta: float = 1.0) -> LossFn:
     """Mean loss over a batch: (prediction or logits, target) -> scalar."""
-    if name == "mse":
-        return F.mse_loss
-    if name == "huber":
-        return lambda pred, target: F.huber_loss(pred, target, delta=huber_delta)
-    if name == "cross_entropy":
-        return F.cross_entropy
-    raise ValueError(f"train.loss: unknown loss {name!r} (allowed: {', '.join(LOSSES)})")
+    if name not in LOSSES:
+        raise _unknown("loss", name, LossName)
+    return LOSSES[name](huber_delta)  # type: ignore[index]
 
 
 def make_penalty(p: TrainParams) -> Penalty | None:
@@ -82,44 +104,55 @@ def make_penalty_grad(p: TrainParams) -> Callable[[Sequence[torch.Tensor]], None
     return add_grad
 
 
+# name -> (reg_strength λ, l1_ratio ρ) -> (L1 coefficient, L2 coefficient); None = no penalty
+PENALTIES: dict[Regularizer, Callable[[float, float], tuple[float, float] | None]] = {
+    "none": lambda lam, rho: None,
+    "l1": lambda lam, rho: (lam, 0.0),
+    "l2": lambda lam, rho: (0.0, lam),
+    "elastic_net": lambda lam, rho: (lam * rho, lam * (1 - rho)),
+}
+
+
 def _penalty_coefficients(p: TrainParams) -> tuple[float, float] | None:
     """(L1 coefficient, L2 coefficient) of the penalty, or None when there is none."""
-    if p.regularizer not in REGULARIZERS:
-        raise ValueError(f"train.regularizer: unknown regularizer {p.regularizer!r} (allowed: {', '.join(REGULARIZERS)})")
-    lam = p.reg_strength
-    if p.regularizer == "none" or lam == 0:
+    if p.regularizer not in PENALTIES:
+        raise _unknown("regularizer", p.regularizer, Regularizer)
+    if p.reg_strength == 0:
         return None
-    return {"l1": (lam, 0.0), "l2": (0.0, lam),
-            "elastic_net": (lam * p.l1_ratio, lam * (1 - p.l1_ratio))}[p.regularizer]
+    return PENALTIES[p.regularizer](p.reg_strength, p.l1_ratio)
+
+
+# torch's fused kernels (one kernel per step instead of several ops per tensor) where torch has
+# them, on CPU and CUDA alike; rmsprop has none and uses the multi-tensor (foreach) path.
+# gd and sgd are both plain SGD: gd differs only in its batch (the whole train split).
+OPTIMIZERS: dict[OptimizerName, OptimizerFactory] = {
+    "gd": lambda p, ws: torch.optim.SGD(ws, lr=p.lr, fused=True),
+    "sgd": lambda p, ws: torch.optim.SGD(ws, lr=p.lr, fused=True),
+    "momentum": lambda p, ws: torch.optim.SGD(ws, lr=p.lr, momentum=p.momentum, fused=True),
+    "nesterov": lambda p, ws: torch.optim.SGD(ws, lr=p.lr, momentum=p.momentum, nesterov=True, fused=True),
+    "adagrad": lambda p, ws: torch.optim.Adagrad(ws, lr=p.lr, fused=True),
+    "rmsprop": lambda p, ws: torch.optim.RMSprop(ws, lr=p.lr, momentum=p.momentum, foreach=True),
+    "adam": lambda p, ws: torch.optim.Adam(ws, lr=p.lr, betas=tuple(p.betas), fused=True),
+    "adamw": lambda p, ws: torch.optim.AdamW(
+        ws, lr=p.lr, betas=tuple(p.betas), weight_decay=p.weight_decay, fused=True
+    ),
+}
 
 
 def make_optimizer(p: TrainParams, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer named by train.optimizer (gd and sgd are both plain SGD; gd is full-batch).
+    """The optimizer named by train.optimizer, configured from `p`."""
+    if p.optimizer not in OPTIMIZERS:
+        raise _unknown("optimizer", p.optimizer, OptimizerName)
+    return OPTIMIZERS[p.optimizer](p, list(parameters))
 
-    torch's fused kernels (one kernel per step instead of several ops per tensor) where torch
-    has them, on CPU and CUDA alike; rmsprop has none and uses the multi-tensor path.
-    """
-    params = list(parameters)
-    name, lr = p.optimizer, p.lr
-    fast = {"fused": True}
-    if name in ("gd", "sgd"):
-        return torch.optim.SGD(params, lr=lr, **fast)
-    if name == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=p.momentum, **fast)
-    if name == "nesterov":
-        return torch.optim.SGD(params, lr=lr, momentum=p.momentum, nesterov=True, **fast)
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, **fast)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=p.momentum, foreach=True)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(p.betas), **fast)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(p.betas), weight_decay=p.weight_decay, **fast)
-    raise ValueError(
-        f"train.optimizer: unknown optimizer {name!r} "
-        "(allowed: gd, sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw)"
-    )
+
+# name -> (p, s) -> learning rate, s = epochs since the warmup ended (see lr_at)
+SCHEDULES: dict[Schedule, Callable[[TrainParams, int], float]] = {
+    "constant": lambda p, s: p.lr,
+    "exponential": lambda p, s: p.lr * p.gamma**s,
+    "step": lambda p, s: p.lr * p.gamma ** (s // p.step_size),
+    "cosine": lambda p, s: p.lr * 0.5 * (1 + math.cos(math.pi * s / max(1, p.epochs - p.warmup_epochs))),
+}
 
 
 def lr_at(p: TrainParams, epoch: int) -> float:
@@ -133,15 +166,8 @@ def lr_at(p: TrainParams, epoch: int) -> float:
       cosine      lr·½·(1 + cos(π·s/S))   (from lr towards 0 at the last epoch)
     """
     if p.schedule not in SCHEDULES:
-        raise ValueError(f"train.schedule: unknown schedule {p.schedule!r} (allowed: {', '.join(SCHEDULES)})")
+        raise _unknown("schedule", p.schedule, Schedule)
     warm = p.warmup_epochs
     if epoch < warm:
         return p.lr * (epoch + 1) / (warm + 1)
-    s = epoch - warm
-    if p.schedule == "constant":
-        return p.lr
-    if p.schedule == "exponential":
-        return p.lr * p.gamma**s
-    if p.schedule == "step":
-        return p.lr * p.gamma ** (s // p.step_size)
-    return p.lr * 0.5 * (1 + math.cos(math.pi * s / max(1, p.epochs - warm)))
+    return SCHEDULES[p.schedule](p, epoch - warm)

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from typing import Literal, get_args, get_origin
 
 import pytest
-from pydantic import ValidationError
+import yaml
+from pydantic import BaseModel, ValidationError
 
 from stages.core.errors import ParamsError
-from stages.core.params import Params, load_params, parse_params
+from stages.core.params import (
+    COMPARE_LRS,
+    JUDGED_LOSS,
+    LOSS_LABEL,
+    CompareParams,
+    JudgedLoss,
+    OptimizerName,
+    Params,
+    TaskName,
+    allowed,
+    load_params,
+    parse_params,
+)
 from tests.conftest import ROOT, subprocess_env
 
 
@@ -92,3 +107,85 @@ def test_stage_entry_point_reports_params_error_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("fitline generate: error: params.yaml: data.kind")
     assert not (tmp_path / "data").exists(), "a params error must not start any work"
+
+
+# -------------------------------------------------------------- one source for every default
+
+
+SECTIONS = [name for name in Params.model_fields]
+
+
+def _project_params() -> tuple[dict, Params]:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return raw, parse_params(raw)
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_code_defaults_equal_params_yaml(section):
+    """The typed defaults are the values params.yaml ships: a file without a key changes nothing."""
+    default, shipped = getattr(Params(), section), getattr(_project_params()[1], section)
+    assert default.model_dump() == shipped.model_dump()
+
+
+def _missing_keys(model: type[BaseModel], raw: dict, where: str) -> list[str]:
+    """Fields of `model` (nested sections too) that `raw` does not spell out."""
+    missing = []
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if key not in raw:
+            missing.append(f"{where}{key}")
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            missing += _missing_keys(field.annotation, raw[key], f"{where}{key}.")
+    return missing
+
+
+def test_params_yaml_spells_out_every_key():
+    # so the default-equality test above covers every key, and users see every knob
+    assert _missing_keys(Params, _project_params()[0], "") == []
+
+
+def _literal_fields(model: type[BaseModel]) -> dict[str, tuple]:
+    """{field name: allowed values} of the Literal fields of `model` and its nested sections."""
+    out: dict[str, tuple] = {}
+    for name, field in model.model_fields.items():
+        if get_origin(field.annotation) is Literal:
+            out[name] = get_args(field.annotation)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out.update(_literal_fields(field.annotation))
+    return out
+
+
+# `key: value   # a | b (why) | c`, or `distributed: {...}   # backend: a | b | c`
+_ALTERNATIVES = re.compile(r"^  (\w+):[^#]*#\s*(?:(\w+):\s*)?([^|#]+(?:\|[^|#]+)+)$")
+
+
+def test_params_yaml_comments_list_each_options_values():
+    """Every option's `a | b | c` comment in params.yaml (so in examples/ too) is its Literal."""
+    sections = {field.alias or name: field.annotation for name, field in Params.model_fields.items()}
+    listed: dict[str, tuple] = {}
+    section = ""
+    for line in (ROOT / "params.yaml").read_text().splitlines():
+        if re.match(r"^\w+:", line):
+            section = line.split(":")[0]
+        match = _ALTERNATIVES.match(line)
+        key = match and (match.group(2) or match.group(1))
+        if section in sections and key in _literal_fields(sections[section]):  # not a `|` in prose
+            listed[f"{section}.{key}"] = tuple(part.split()[0] for part in match.group(3).split("|"))
+    declared = {f"{sec}.{key}": values for sec, model in sections.items()
+                for key, values in _literal_fields(model).items()}
+    assert listed == declared
+
+
+def test_option_tables_are_keyed_by_their_literal():
+    assert tuple(COMPARE_LRS) == get_args(OptimizerName)
+    assert tuple(JUDGED_LOSS) == get_args(TaskName)
+    assert tuple(LOSS_LABEL) == get_args(JudgedLoss) == tuple(JUDGED_LOSS.values())
+    assert CompareParams().optimizers == get_args(OptimizerName)
+
+
+def test_error_texts_list_the_literals_values():
+    with pytest.raises(ParamsError, match=re.escape("name one or more of " + allowed(OptimizerName))):
+        parse_params({"sweep": {"compare": {"optimizers": []}}})
+    # pydantic's own message for a Literal lists its values in declaration order
+    with pytest.raises(ParamsError, match=re.escape("'sgd', 'momentum', 'nesterov', 'adagrad'")):
+        parse_params({"train": {"optimizer": "adamx"}})

@@ -32,7 +32,7 @@ def test_plan_every_optimizer_at_its_lrs_same_epochs_no_early_stopping():
                                                          ("adamw", 0.003)]
     assert {o["epochs"] for o in plan} == {7} and {o["early_stopping.patience"] for o in plan} == {None}
     assert [o["weight_decay"] for o in plan] == [0.0, 0.05, 0.05, 0.05]  # decoupled decay is adamw's alone
-    assert compare_plan(TrainParams(epochs=12), CompareParams(optimizers=("gd",)))[0]["epochs"] == 12
+    assert compare_plan(TrainParams(epochs=12), CompareParams(optimizers=("gd",), epochs=None))[0]["epochs"] == 12
     assert len(compare_plan(TrainParams(), CompareParams())) == 24  # 8 optimizers x 3 learning rates
 
 

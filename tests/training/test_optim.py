@@ -3,13 +3,54 @@
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import pytest
 import torch
 
 from stages.core.errors import ParamsError
-from stages.core.params import TrainParams, parse_params
-from stages.training.optim import lr_at, make_loss, make_optimizer, make_penalty, make_penalty_grad, resolve_loss
+from stages.core.params import (
+    LossChoice,
+    LossName,
+    OptimizerName,
+    Regularizer,
+    Schedule,
+    TaskName,
+    TrainParams,
+    allowed,
+    parse_params,
+)
+from stages.training.optim import (
+    LOSSES,
+    OPTIMIZERS,
+    PENALTIES,
+    SCHEDULES,
+    TASK_LOSSES,
+    lr_at,
+    make_loss,
+    make_optimizer,
+    make_penalty,
+    make_penalty_grad,
+    resolve_loss,
+)
+
+# ------------------------------------------------------------------ one name, one dispatch
+
+
+@pytest.mark.parametrize(
+    ("table", "option"),
+    [(LOSSES, LossName), (PENALTIES, Regularizer), (OPTIMIZERS, OptimizerName), (SCHEDULES, Schedule),
+     (TASK_LOSSES, TaskName)],
+    ids=["losses", "penalties", "optimizers", "schedules", "task_losses"],
+)
+def test_dispatch_dicts_are_keyed_by_the_declared_literal(table, option) -> None:
+    """A name added to the Literal (params accept it) without a factory, or the reverse, fails here."""
+    assert tuple(table) == get_args(option)
+
+
+def test_every_loss_fits_a_task() -> None:
+    assert sorted(n for fits in TASK_LOSSES.values() for n in fits) == sorted(get_args(LossName))
+    assert get_args(LossChoice) == ("auto", *get_args(LossName))
 
 # ------------------------------------------------------------------------------ schedules
 
@@ -27,7 +68,7 @@ def expected_lr(schedule: str, e: int, lr: float, gamma: float, step: int, warm:
     }[schedule]
 
 
-@pytest.mark.parametrize("schedule", ["constant", "exponential", "step", "cosine"])
+@pytest.mark.parametrize("schedule", get_args(Schedule))
 @pytest.mark.parametrize("warmup", [0, 3])
 def test_lr_at_matches_formula(schedule: str, warmup: int) -> None:
     p = TrainParams(schedule=schedule, lr=0.1, gamma=0.5, step_size=4, warmup_epochs=warmup, epochs=20)
@@ -113,19 +154,29 @@ def test_adamw_decay_is_decoupled() -> None:
 
 
 @pytest.mark.parametrize(
-    ("factory", "key"),
+    ("factory", "key", "option"),
     [
-        (lambda p: make_optimizer(p, [torch.nn.Parameter(torch.zeros(1))]), "optimizer"),
-        (make_penalty, "regularizer"),
-        (lambda p: lr_at(p, 0), "schedule"),
+        (lambda p: make_optimizer(p, [torch.nn.Parameter(torch.zeros(1))]), "optimizer", OptimizerName),
+        (make_penalty, "regularizer", Regularizer),
+        (lambda p: lr_at(p, 0), "schedule", Schedule),
+        (lambda p: make_loss(p.loss), "loss", LossName),
+        (lambda p: resolve_loss(p.loss, "regression"), "loss", LossChoice),
     ],
 )
-def test_factories_name_a_bad_value(factory, key: str) -> None:
+def test_factories_name_a_bad_value_and_list_the_literal(factory, key: str, option) -> None:
     bad = TrainParams().model_copy(update={key: "bogus"})  # model_copy skips validation
-    with pytest.raises(ValueError, match=rf"train\.{key}: unknown .*'bogus'"):
+    with pytest.raises(ValueError) as info:
         factory(bad)
-    with pytest.raises(ValueError, match="unknown loss 'bogus'"):
-        make_loss("bogus")
+    assert str(info.value) == f"train.{key}: unknown {key} 'bogus' (allowed: {allowed(option)})"
+
+
+@pytest.mark.parametrize("name", get_args(OptimizerName))
+def test_every_optimizer_takes_a_step(name: str) -> None:
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = make_optimizer(TrainParams(optimizer=name, lr=0.1), [w])
+    w.grad = torch.ones(3)
+    opt.step()
+    assert (w < 1).all()
 
 
 @pytest.mark.parametrize("key", ["optimizer", "regularizer", "schedule", "loss", "model", "activation"])
@@ -138,10 +189,14 @@ def test_loss_follows_task() -> None:
     assert resolve_loss("auto", "regression") == "mse"
     assert resolve_loss("auto", "classification") == "cross_entropy"
     assert resolve_loss("huber", "regression") == "huber"
-    with pytest.raises(ParamsError, match="train.loss: 'cross_entropy' does not fit a regression"):
+    with pytest.raises(ParamsError) as info:
         resolve_loss("cross_entropy", "regression")
-    with pytest.raises(ParamsError, match="train.loss: 'mse' does not fit a classification"):
+    assert str(info.value) == "train.loss: 'cross_entropy' does not fit a regression task (use auto, mse or huber)"
+    with pytest.raises(ParamsError) as info:
         resolve_loss("mse", "classification")
+    assert str(info.value) == "train.loss: 'mse' does not fit a classification task (use auto or cross_entropy)"
+    with pytest.raises(ValueError, match=r"task: unknown task 'ranking' \(allowed: regression, classification\)"):
+        resolve_loss("auto", "ranking")
 
 
 def test_huber_loss_uses_delta() -> None:
