@@ -1,18 +1,10 @@
 """Stage `train`: fit the model on the train split, early-stop on the val split.
 
-`train_model` is pure in-process training (a sweep calls it from threads): no global RNG or
-torch settings are touched, and nothing is written unless `checkpoint_dir` or `live` is given.
-The data goes onto the device once as tensors; each epoch permutes it with a seeded generator
-and slices batches (no DataLoader, no per-sample Python). After every epoch the objective
-without the penalty is evaluated on the full train and val splits in eval mode, so the two
-curves are comparable.
-
-Checkpoints (every `checkpoint_every` epochs, atomic) hold everything the next epoch depends on:
-weights, optimizer state, RNG state, early-stopping state and history, plus a fingerprint of the
-params, data and code. A rerun after a kill resumes from a checkpoint with the same fingerprint
-and ends, on CPU, with the same model bytes as an uninterrupted run; any other checkpoint is
-ignored. `main()` deletes the checkpoint once the outputs are written: a finished run has nothing
-to resume, and `dvc repro -f` then really retrains.
+The training itself is `train_model` (stages/training/loop.py); a killed run resumes from its
+checkpoint when rerun (stages/training/checkpoint.py). `main()` reads the params and splits,
+trains (alone, or as the ranks of a distributed run), and has rank 0 write the model, metrics,
+history and dvclive plots. It then deletes the checkpoint: a finished run has nothing to resume,
+and `dvc repro -f` then really retrains.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,9 @@ from stages.core.io import atomic_path, write_text
 from stages.core.params import TrainParams
 from stages.data.splits import Split
 from stages.training import distributed
+from stages.training.early_stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
-
-
 
 
 def run_fingerprint(p: TrainParams, splits: dict[str, Split], cfg: dict[str, Any], device: torch.device) -> str:
@@ -63,42 +61,63 @@ def clear_checkpoint(checkpoint_dir: str | Path) -> None:
 class RunState:
     """What the next epoch depends on besides weights, optimizer and RNGs (checkpointed)."""
 
+    early_stopping: EarlyStopping
     epoch: int = 0  # epochs completed
     elapsed: float = 0.0  # seconds spent in epochs, over all resumed attempts
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0  # epochs since the val loss last improved by more than min_delta
-    best_state: dict[str, torch.Tensor] | None = None
+
+    def end_epoch(self, rec: dict[str, Any]) -> None:
+        """Count in a finished epoch's history record."""
+        self.epoch, self.elapsed = rec["epoch"], self.elapsed + rec["epoch_seconds"]
+        self.history.append(rec)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "elapsed": self.elapsed, "history": self.history,
+                **self.early_stopping.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.epoch, self.elapsed, self.history = state["epoch"], state["elapsed"], state["history"]
+        self.early_stopping.load_state_dict(state, device)
 
 
-def save_checkpoint(path: Path, fingerprint: str, run: RunState, model: nn.Module,
-                     optimizer: torch.optim.Optimizer, gens: dict[str, torch.Generator]) -> None:
-    blob = {"fingerprint": fingerprint, "run": vars(run), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "rng": {k: g.get_state() for k, g in gens.items()}}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(blob, f)
+class Checkpointer:
+    """Saves a run every `every` epochs to `path` and restores it on a rerun of the same run.
 
+    `path` None turns checkpointing off. `fingerprint` (run_fingerprint) tells the same run
+    apart from any other. In a distributed run every rank restores, only the `writes` one saves.
+    """
 
-def restore_checkpoint(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        gens: dict[str, torch.Generator], device: torch.device) -> RunState | None:
-    """Load a checkpoint of this very run into model, optimizer and generators; None if there is none."""
-    if not path.exists():
-        return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a checkpoint torn by a crash is not fatal: start fresh
-        log.warning("ignoring unreadable checkpoint %s (%s); starting fresh", path, type(exc).__name__)
-        return None
-    if not isinstance(blob, dict) or blob.get("fingerprint") != fingerprint:
-        log.info("checkpoint %s is from other params, data or code; starting fresh", path)
-        return None
-    model.load_state_dict(blob["model"])
-    optimizer.load_state_dict(blob["optimizer"])
-    for name, gen in gens.items():
-        gen.set_state(blob["rng"][name])
-    run = RunState(**blob["run"])
-    if run.best_state is not None:
-        run.best_state = {k: v.to(device) for k, v in run.best_state.items()}
-    log.info("resuming from %s at epoch %d", path, run.epoch)
-    return run
+    def __init__(self, path: Path | None, fingerprint: str | None, every: int, *, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, gens: dict[str, torch.Generator], device: torch.device,
+                 writes: bool = True) -> None:
+        self.path, self.fingerprint, self.every, self.writes = path, fingerprint, every, writes
+        self.model, self.optimizer, self.gens, self.device = model, optimizer, gens, device
+
+    def restore(self, state: RunState) -> bool:
+        """Load this very run's checkpoint, if there is one, into model, optimizer, generators and `state`."""
+        if self.path is None or not self.path.exists():
+            return False
+        try:
+            blob = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a checkpoint torn by a crash is not fatal: start fresh
+            log.warning("ignoring unreadable checkpoint %s (%s); starting fresh", self.path, type(exc).__name__)
+            return False
+        if not isinstance(blob, dict) or blob.get("fingerprint") != self.fingerprint:
+            log.info("checkpoint %s is from other params, data or code; starting fresh", self.path)
+            return False
+        self.model.load_state_dict(blob["model"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        for name, gen in self.gens.items():
+            gen.set_state(blob["rng"][name])
+        state.load_state_dict(blob["run"], self.device)
+        log.info("resuming from %s at epoch %d", self.path, state.epoch)
+        return True
+
+    def maybe_save(self, state: RunState, last: bool) -> None:
+        """Save after every `every`-th epoch but the `last` one: a finished run has nothing to resume."""
+        if self.path is None or not self.writes or state.epoch % self.every != 0 or last:
+            return
+        blob = {"fingerprint": self.fingerprint, "run": state.state_dict(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": {k: g.get_state() for k, g in self.gens.items()}}
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+            torch.save(blob, f)

@@ -8,13 +8,13 @@ Two ways in, the same run:
   relaunches itself under `torch.distributed.run --standalone` with `nproc` workers
   (`launch`); the workers see WORLD_SIZE and do not relaunch.
 
-How a run stays equal to single-process training (`DataParallel`): every rank builds the same
+How a run stays equal to single-process training (`ShardedTraining`): every rank builds the same
 model from the same seed and draws the same seeded permutation each epoch. The global batch is
 `train.batch_size` as in a single process; step k's global batch perm[kB:(k+1)B] is cut into
 `world` contiguous pieces, rank r takes piece r. Each rank's mean loss is scaled by
 rows_r * world / rows_of_the_step, so DDP's gradient average is the global batch's mean gradient
 (a short last batch cut unevenly too; equal up to the order of float32 sums, which Adam can
-amplify over many steps, see tests/test_distributed.py); a rank left without rows in a tiny last batch
+amplify over many steps, see tests/training/test_distributed.py); a rank left without rows in a tiny last batch
 takes one row at scale 0, so every rank makes the same number of steps (DDP all-reduces in
 every backward and would hang otherwise). The penalty gradient is added after backward, i.e.
 after the all-reduce, on identical weights: the same on every rank, as in one process. Whole-
@@ -22,7 +22,7 @@ split losses are computed on contiguous blocks and all-reduced as (sum, count) i
 every rank sees the same numbers; the early-stopping decision is still broadcast from rank 0.
 Rank 0 alone writes files (checkpoints, metrics, dvclive, the model).
 
-Nothing here runs unless a process group is initialised: `DataParallel` in a plain process
+Nothing here runs unless a process group is initialised: `ShardedTraining` in a plain process
 (or in a sweep's threads) is the single-process loop, unchanged.
 """
 
@@ -132,9 +132,7 @@ def process_group(backend: str = "auto", device: str = "auto", env: Mapping[str,
         dist.barrier()  # every rank reaches the teardown together: none tears down while a peer still talks
     finally:
         # DDP's reducer sits in reference cycles: collect it while its process group and the
-        # interpreter are alive. Left to interpreter exit, a gloo rank once aborted after a
-        # finished run ("terminate called without an active exception", exit -6; 1 in CI's
-        # slow tests, not reproduced in 16 runs).
+        # interpreter are alive (left to interpreter exit, a gloo rank can abort a finished run)
         gc.collect()
         dist.destroy_process_group()
 
@@ -198,9 +196,10 @@ class _RawForward(nn.Module):
         return self.model.raw(x)
 
 
-class DataParallel:
-    """What the training loop needs to run as one rank of many (or alone, unchanged).
+class ShardedTraining:
+    """One rank's side of a training run sharded over the world (alone: the plain loop, unchanged).
 
+    Not a model wrapper like torch's DataParallel: it holds what the loop needs per rank.
     forward: the training forward (model.raw, through DDP when distributed);
     shard: this rank's rows and steps of each epoch; rows_of / evaluate / agree: see below.
     """

@@ -6,15 +6,16 @@ The data goes onto the device once as tensors; each epoch permutes it with a see
 and slices batches (no DataLoader, no per-sample Python). After every epoch the objective
 without the penalty is evaluated on the full train and val splits in eval mode, so the two
 curves are comparable.
-"""
 
+The file reads top to bottom as a run does: set up (`setup_training`), one epoch (`run_epoch`),
+then the run itself (`train_model`: resume, epochs, early stopping, checkpoint, callbacks).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,13 +26,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from stages.core.contracts import CHECKPOINT_NAME, HISTORY_COLUMNS
+from stages.core.contracts import CHECKPOINT_NAME
 from stages.core.errors import DataError, ParamsError, TrainingDiverged
 from stages.core.params import TrainParams
 from stages.data.splits import Split
 from stages.training import distributed, optim
-from stages.training.checkpoint import RunState, restore_checkpoint, run_fingerprint, save_checkpoint
-from stages.training.models import SeededDropout, build_model, fit_scaling, weight_tensors
+from stages.training.callbacks import EpochCallback, close_callbacks, epoch_callbacks
+from stages.training.checkpoint import Checkpointer, RunState, run_fingerprint
+from stages.training.early_stopping import EarlyStopping
+from stages.training.models import build_model, fit_scaling, set_dropout_generator, weight_tensors
 from stages.training.optim import lr_at, make_loss, make_optimizer, make_penalty_grad, resolve_loss
 
 log = logging.getLogger(__name__)
@@ -119,32 +122,146 @@ def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: o
     return total / len(x)
 
 
-def _log_live(live: Any, rec: dict[str, Any]) -> None:
-    for key in HISTORY_COLUMNS[1:]:
-        live.log_metric(key, rec[key])
-    live.next_step()
+# ------------------------------------------------------------------------------------ set up
 
 
-def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, xs: torch.Tensor, ys: torch.Tensor,
-                 dp: distributed.DataParallel, loss_fn: optim.LossFn, penalty_grad: Callable | None,
-                 grad_clip: float | None, autocast: Callable[[], Any]) -> None:
-    """One pass over (already shuffled) rows, one step per (start, stop, scale) slice of dp.steps.
+@dataclass
+class TrainingSetup:
+    """Everything the epochs of a run work with, built once by `setup_training`."""
 
-    `scale` weighs a rank's piece of a global batch (1 in a single process; stages/distributed.py)."""
-    model.train()
-    weights = weight_tensors(model)
-    for lo, hi, scale in dp.steps:
-        with autocast():
-            loss = loss_fn(dp.forward(xs[lo:hi]), ys[lo:hi])
+    params: TrainParams
+    device: torch.device
+    cfg: dict[str, Any]  # model_config
+    precision: str  # "bf16" (CUDA autocast) or "fp32"
+    autocast: Callable[[], Any]  # the training forward's context
+    gens: dict[str, torch.Generator]  # "cpu": init, then the epochs' permutations; "dropout" if any
+    model: nn.Module
+    x_train: torch.Tensor  # the splits on the device; targets in their own units
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    y_fit: torch.Tensor  # the target the optimizer fits (standardised for regression)
+    train_loss_fn: optim.LossFn  # the objective on y_fit
+    eval_loss_fn: optim.LossFn  # the objective in the target's units, for the history
+    optimizer: torch.optim.Optimizer
+    penalty_grad: Callable | None
+    batch: int  # rows per (global) optimizer step
+    sharded: distributed.ShardedTraining  # this rank's part (alone: every row)
+
+
+def setup_training(p: TrainParams, splits: dict[str, Split], meta: dict[str, Any]) -> TrainingSetup:
+    """Check the inputs and build the model, the data on the device and the objective."""
+    device = resolve_device(p.device)
+    cfg = model_config(p, meta)
+    check_splits(splits, cfg)
+    precision, autocast = _precision(p, device)
+    model, gens = _seeded_model(p, cfg, splits["train"], device)
+    x_train, y_train = _on_device(splits["train"].x, device), _on_device(splits["train"].y, device)
+    x_val, y_val = _on_device(splits["val"].x, device), _on_device(splits["val"].y, device)
+    y_fit, train_loss_fn, eval_loss_fn = _objective(p, cfg, model, y_train)
+    optimizer = make_optimizer(p, model.parameters())
+    n = len(x_train)
+    batch = n if p.optimizer == "gd" else min(p.batch_size, n)
+    return TrainingSetup(
+        params=p, device=device, cfg=cfg, precision=precision, autocast=autocast, gens=gens, model=model,
+        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, y_fit=y_fit,
+        train_loss_fn=train_loss_fn, eval_loss_fn=eval_loss_fn, optimizer=optimizer,
+        penalty_grad=make_penalty_grad(p), batch=batch,
+        sharded=distributed.ShardedTraining(model, n, batch, device),  # single process: the plain loop
+    )
+
+
+def _precision(p: TrainParams, device: torch.device) -> tuple[str, Callable[[], Any]]:
+    """bf16 autocast when asked for on CUDA, else fp32 (with a warning when bf16 was asked for)."""
+    if p.precision == "bf16" and device.type == "cuda":
+        return "bf16", lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    if p.precision == "bf16":
+        log.warning("train.precision bf16 is CUDA only; training in fp32 on %s", device.type)
+    return "fp32", contextlib.nullcontext
+
+
+def _seeded_model(p: TrainParams, cfg: dict[str, Any], train: Split,
+                  device: torch.device) -> tuple[nn.Module, dict[str, torch.Generator]]:
+    """The initial model, scaled on the train split, on `device`; and the run's generators."""
+    # local generators, never torch's global RNG: threads of a sweep must not share one
+    gens = {"cpu": torch.Generator().manual_seed(p.seed)}
+    model = build_model(cfg, generator=gens["cpu"])
+    fit_scaling(model, train.x, train.y, p.scaling)
+    model.to(device)
+    if cfg["dropout"] > 0:
+        gens["dropout"] = torch.Generator(device=device).manual_seed(p.seed + 1)
+        set_dropout_generator(model, gens["dropout"])
+    return model, gens
+
+
+def _objective(p: TrainParams, cfg: dict[str, Any], model: nn.Module,
+               y_train: torch.Tensor) -> tuple[torch.Tensor, optim.LossFn, optim.LossFn]:
+    """(target to fit, loss on it, loss in the target's units)."""
+    eval_loss_fn = make_loss(cfg["loss"], p.huber_delta)
+    if cfg["task"] != "regression":
+        return y_train, eval_loss_fn, eval_loss_fn
+    # the optimiser works on the standardised target; the objective is the same up to
+    # the factor y_std² (Huber too, with delta scaled alike), so lr means the same for any units
+    y_mean, y_std = model.y_mean.item(), model.y_std.item()
+    return (y_train - y_mean) / y_std, make_loss(cfg["loss"], p.huber_delta / y_std), eval_loss_fn
+
+
+# ---------------------------------------------------------------------------------- an epoch
+
+
+def run_epoch(s: TrainingSetup, epoch: int) -> dict[str, Any]:
+    """Train epoch `epoch` (from 0), then measure it on both whole splits: its history record."""
+    t0 = time.perf_counter()
+    lr = lr_at(s.params, epoch)
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    xs, ys = _epoch_rows(s)
+    _optimizer_steps(s, xs, ys)
+    train_loss = s.sharded.evaluate(evaluate_loss, s.model, s.x_train, s.y_train, s.eval_loss_fn)
+    val_loss = s.sharded.evaluate(evaluate_loss, s.model, s.x_val, s.y_val, s.eval_loss_fn)
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        bad = train_loss if not math.isfinite(train_loss) else val_loss
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch + 1} (loss {bad}); lower train.lr (now {s.params.lr:g}) "
+            "or set train.grad_clip"
+        )
+    seconds = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "epoch_seconds": seconds}
+
+
+def _epoch_rows(s: TrainingSetup) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's training rows and fit targets in this epoch's (seeded, shuffled) order.
+
+    One gather per epoch, so the batches are free slices; full batch needs no order at all."""
+    n = len(s.x_train)
+    rows = s.sharded.rows_of(torch.randperm(n, generator=s.gens["cpu"]) if s.batch < n else None)
+    if rows is None:
+        return s.x_train, s.y_fit
+    rows = rows.to(s.device)
+    return s.x_train[rows], s.y_fit[rows]
+
+
+def _optimizer_steps(s: TrainingSetup, xs: torch.Tensor, ys: torch.Tensor) -> None:
+    """One pass over the epoch's rows, one step per (start, stop, scale) slice of sharded.steps.
+
+    `scale` weighs a rank's piece of a global batch (1 in a single process; see distributed.py)."""
+    s.model.train()
+    weights = weight_tensors(s.model)
+    for lo, hi, scale in s.sharded.steps:
+        with s.autocast():
+            loss = s.train_loss_fn(s.sharded.forward(xs[lo:hi]), ys[lo:hi])
         if scale != 1.0:
             loss = loss * scale
-        optimizer.zero_grad(set_to_none=True)
+        s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if penalty_grad is not None:
-            penalty_grad(weights)  # the penalty term's exact gradient, cheaper than its graph
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        if s.penalty_grad is not None:
+            s.penalty_grad(weights)  # the penalty term's exact gradient, cheaper than its graph
+        if s.params.grad_clip is not None:
+            nn.utils.clip_grad_norm_(s.model.parameters(), s.params.grad_clip)
+        s.optimizer.step()
+
+
+# ------------------------------------------------------------------------------------ the run
 
 
 def train_model(
@@ -155,7 +272,7 @@ def train_model(
     checkpoint_dir: Path | None = None,
     live: Any = None,
     progress: bool = False,
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> TrainResult:
     """Train a model on splits['train'], early-stopping on splits['val'].
 
@@ -163,138 +280,70 @@ def train_model(
     `on_epoch_end` is called with each epoch's history record after its checkpoint is written
     (raising from it stops the run there).
     """
-    p = params
-    device = resolve_device(p.device)
-    cfg = model_config(p, meta)
-    check_splits(splits, cfg)
-    use_bf16 = p.precision == "bf16" and device.type == "cuda"
-    if p.precision == "bf16" and not use_bf16:
-        log.warning("train.precision bf16 is CUDA only; training in fp32 on %s", device.type)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    s = setup_training(params, splits, meta)
+    p = s.params
 
-    # local generators, never torch's global RNG: threads of a sweep must not share one
-    gens = {"cpu": torch.Generator().manual_seed(p.seed)}  # init, then the per-epoch permutations
-    model = build_model(cfg, generator=gens["cpu"])
-    fit_scaling(model, splits["train"].x, splits["train"].y, p.scaling)
-    model.to(device)
-    if cfg["dropout"] > 0:
-        gens["dropout"] = torch.Generator(device=device).manual_seed(p.seed + 1)
-        for m in model.modules():
-            if isinstance(m, SeededDropout):
-                m.generator = gens["dropout"]
-
-    x_train, y_train = _on_device(splits["train"].x, device), _on_device(splits["train"].y, device)
-    x_val, y_val = _on_device(splits["val"].x, device), _on_device(splits["val"].y, device)
-    eval_loss_fn = make_loss(cfg["loss"], p.huber_delta)
-    if cfg["task"] == "regression":
-        # the optimiser works on the standardised target; the objective is the same up to
-        # the factor y_std² (Huber too, with delta scaled alike), so lr means the same for any units
-        y_mean, y_std = model.y_mean.item(), model.y_std.item()
-        y_fit = (y_train - y_mean) / y_std
-        train_loss_fn = make_loss(cfg["loss"], p.huber_delta / y_std)
-    else:
-        y_fit, train_loss_fn = y_train, eval_loss_fn
-
-    optimizer = make_optimizer(p, model.parameters())
-    penalty_grad = make_penalty_grad(p)
-    n = len(x_train)
-    batch = n if p.optimizer == "gd" else min(p.batch_size, n)
-    patience = p.early_stopping.patience
-    dp = distributed.DataParallel(model, n, batch, device)  # single process: the plain loop
-
-    run = RunState()
-    ckpt_path = fingerprint = None
-    if checkpoint_dir is not None:
-        ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
-        fingerprint = run_fingerprint(p, splits, cfg, device)
-        run = restore_checkpoint(ckpt_path, fingerprint, model, optimizer, gens, device) or run
-    start = run.epoch
-    if live is not None:
-        for rec in run.history:  # DVC clears dvclive/ before a rerun: replay the resumed epochs
-            _log_live(live, rec)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=p.epochs, initial=start, desc="train", unit="epoch", file=sys.stderr, leave=False)
+    # resume: a checkpoint of this very run puts the model, optimizer, RNGs and state back
+    state = RunState(EarlyStopping(p.early_stopping.patience, p.early_stopping.min_delta))
+    checkpointer = _checkpointer(checkpoint_dir, s, splits)
+    checkpointer.restore(state)
+    start = state.epoch
+    callbacks = epoch_callbacks(live, progress, on_epoch_end, p.epochs, start, state.history)
 
     stopped = False
     for epoch in range(start, p.epochs):
-        t0 = time.perf_counter()
-        lr = lr_at(p, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # one gather per epoch (this rank's shard of it), then the batches are free slices
-        rows = dp.rows_of(torch.randperm(n, generator=gens["cpu"]) if batch < n else None)
-        if rows is not None:
-            rows = rows.to(device)
-            xs, ys = x_train[rows], y_fit[rows]
-        else:
-            xs, ys = x_train, y_fit
-        _train_epoch(model, optimizer, xs, ys, dp, train_loss_fn, penalty_grad, p.grad_clip, autocast)
-
-        train_loss = dp.evaluate(evaluate_loss, model, x_train, y_train, eval_loss_fn)
-        val_loss = dp.evaluate(evaluate_loss, model, x_val, y_val, eval_loss_fn)
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            bad = train_loss if not math.isfinite(train_loss) else val_loss
-            raise TrainingDiverged(
-                f"training diverged at epoch {epoch + 1} (loss {bad}); lower train.lr (now {p.lr:g}) "
-                "or set train.grad_clip"
-            )
-        seconds = time.perf_counter() - t0
-        rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "epoch_seconds": seconds}
-        run.epoch, run.elapsed = epoch + 1, run.elapsed + seconds
-        run.history.append(rec)
-        if val_loss < run.best_loss - p.early_stopping.min_delta:
-            run.best_loss, run.best_epoch, run.bad_epochs = val_loss, epoch + 1, 0
-            if patience is not None:
-                run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            run.bad_epochs += 1
-        stopped = dp.agree(patience is not None and run.bad_epochs >= patience)  # rank 0 decides
-
-        if live is not None:
-            _log_live(live, rec)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(train=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
-        last = stopped or epoch + 1 == p.epochs
-        if ckpt_path is not None and dp.is_main and (epoch + 1) % p.checkpoint_every == 0 and not last:
-            save_checkpoint(ckpt_path, fingerprint, run, model, optimizer, gens)
-        if on_epoch_end is not None:
-            on_epoch_end(rec)
+        rec = run_epoch(s, epoch)
+        state.end_epoch(rec)
+        # termination: rank 0's early-stopping decision holds on every rank
+        stopped = s.sharded.agree(state.early_stopping.update(rec["epoch"], rec["val_loss"], s.model))
+        checkpointer.maybe_save(state, last=stopped or rec["epoch"] == p.epochs)
+        for callback in callbacks:
+            callback(rec)
         if stopped:
-            log.info("early stopping at epoch %d: no val improvement for %d epochs", epoch + 1, patience)
+            log.info("early stopping at epoch %d: no val improvement for %d epochs", rec["epoch"],
+                     p.early_stopping.patience)
             break
-    if bar is not None:
-        bar.close()
+    close_callbacks(callbacks)
+    return _finish(s, state, start, stopped)
 
-    restored = patience is not None and run.best_state is not None
-    if restored:
-        model.load_state_dict(run.best_state)
-    for m in model.modules():
-        if isinstance(m, SeededDropout):
-            m.generator = None
-    model.to("cpu").eval()
-    final = run.history[-1]
+
+def _checkpointer(checkpoint_dir: Path | None, s: TrainingSetup, splits: dict[str, Split]) -> Checkpointer:
+    """The run's checkpointer: off without a checkpoint_dir; rank 0 alone writes."""
+    path = fingerprint = None
+    if checkpoint_dir is not None:
+        path = Path(checkpoint_dir) / CHECKPOINT_NAME
+        fingerprint = run_fingerprint(s.params, splits, s.cfg, s.device)
+    return Checkpointer(path, fingerprint, s.params.checkpoint_every, model=s.model, optimizer=s.optimizer,
+                        gens=s.gens, device=s.device, writes=s.sharded.is_main)
+
+
+def _finish(s: TrainingSetup, state: RunState, start: int, stopped: bool) -> TrainResult:
+    """The model on CPU in eval mode, best weights back when early stopping kept them; its metrics."""
+    stopper = state.early_stopping
+    restored = stopper.restore_best(s.model)
+    set_dropout_generator(s.model, None)
+    s.model.to("cpu").eval()
+    final = state.history[-1]
+    n = len(s.x_train)
     metrics = {
-        "epochs_run": run.epoch,
-        "best_epoch": run.best_epoch,
+        "epochs_run": state.epoch,
+        "best_epoch": stopper.best_epoch,
         "train_loss": final["train_loss"],
         "val_loss": final["val_loss"],
-        "best_val_loss": run.best_loss,
+        "best_val_loss": stopper.best_loss,
         "restored_best": restored,
         "stopped_early": stopped,
-        "wall_seconds": round(run.elapsed, 3),
-        "samples_per_second": round(n * run.epoch / run.elapsed, 1) if run.elapsed > 0 else None,
-        "device": device.type,
-        "precision": "bf16" if use_bf16 else "fp32",
-        "loss": cfg["loss"],
+        "wall_seconds": round(state.elapsed, 3),
+        "samples_per_second": round(n * state.epoch / state.elapsed, 1) if state.elapsed > 0 else None,
+        "device": s.device.type,
+        "precision": s.precision,
+        "loss": s.cfg["loss"],
         "n_train": n,
-        "n_val": len(x_val),
+        "n_val": len(s.x_val),
         "resumed_from_epoch": start,
-        "world_size": dp.world.size,
+        "world_size": s.sharded.world.size,
     }
     log.info("trained %d epochs in %.1f s: train %s %.4g, val %.4g (best %.4g at epoch %d)",
-             run.epoch, run.elapsed, cfg["loss"], final["train_loss"], final["val_loss"], run.best_loss, run.best_epoch)
-    return TrainResult(model=model, config=cfg, metrics=metrics, history=run.history)
+             state.epoch, state.elapsed, s.cfg["loss"], final["train_loss"], final["val_loss"],
+             stopper.best_loss, stopper.best_epoch)
+    return TrainResult(model=s.model, config=s.cfg, metrics=metrics, history=state.history)

@@ -53,6 +53,13 @@ class SeededDropout(nn.Module):
         return x * keep / (1 - self.p)
 
 
+def set_dropout_generator(model: nn.Module, generator: torch.Generator | None) -> None:
+    """Give every SeededDropout of `model` this generator (None: torch's global RNG again)."""
+    for m in model.modules():
+        if isinstance(m, SeededDropout):
+            m.generator = generator
+
+
 class FitlineModel(nn.Module):
     """Standardise -> network -> (regression) de-standardise."""
 

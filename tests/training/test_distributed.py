@@ -21,8 +21,8 @@ from stages.data.splits import frame_to_split, load_meta, load_splits, read_spli
 from stages.generate import run as generate
 from stages.training import distributed
 from stages.training.distributed import (
-    DataParallel,
     DistributedError,
+    ShardedTraining,
     World,
     env_world,
     eval_block,
@@ -34,12 +34,8 @@ from stages.training.models import build_model, load_model
 from tests.conftest import ROOT, subprocess_env
 
 # Tolerances of a 2-rank run against one process (relative, on the final/best train and val
-# losses; 10x that on every weight): the runs differ only in the order of float32 sums. Measured
-# here: GD losses equal to the last bit, weights within 1.6e-6; Adam (about 260 steps, early
-# stopped at the same epoch) losses within 1.2e-7, weights within 3e-5. Longer Adam runs drift
-# further (2e-3 on the loss after 820 steps of a [64, 64] MLP on 210k rows): Adam divides by
-# sqrt(v), which amplifies last-bit differences of near-zero gradients; one process summing each
-# batch's gradient in two halves gives the 2-rank numbers to the last printed digit.
+# losses; 10x that on every weight): the runs differ only in the order of float32 sums. Adam's
+# is wider: it divides by sqrt(v), which amplifies last-bit differences of near-zero gradients.
 GD_RTOL = 1e-5
 ADAM_RTOL = 1e-4
 
@@ -112,16 +108,16 @@ def test_eval_blocks_partition_a_split() -> None:
         assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
 
 
-def test_single_process_data_parallel_is_the_plain_loop() -> None:
+def test_single_process_sharded_training_is_the_plain_loop() -> None:
     cfg = {"task": "regression", "n_features": 2, "n_outputs": 1, "model": "linear", "hidden": [], "activation": "relu", "dropout": 0.0}
     model = build_model(cfg)
-    dp = DataParallel(model, 10, 4, torch.device("cpu"))
-    assert dp.world == distributed.SINGLE and dp.is_main and dp.forward == model.raw
+    sharded = ShardedTraining(model, 10, 4, torch.device("cpu"))
+    assert sharded.world == distributed.SINGLE and sharded.is_main and sharded.forward == model.raw
     perm = torch.randperm(10)
-    assert dp.rows_of(None) is None and dp.rows_of(perm) is perm
-    assert [s[:2] for s in dp.steps] == [(0, 4), (4, 8), (8, 10)]
-    assert dp.evaluate(lambda m, x, y: float(len(x)), model, torch.zeros(7, 2), torch.zeros(7)) == 7.0
-    assert dp.agree(True) is True and dp.agree(False) is False
+    assert sharded.rows_of(None) is None and sharded.rows_of(perm) is perm
+    assert [s[:2] for s in sharded.steps] == [(0, 4), (4, 8), (8, 10)]
+    assert sharded.evaluate(lambda m, x, y: float(len(x)), model, torch.zeros(7, 2), torch.zeros(7)) == 7.0
+    assert sharded.agree(True) is True and sharded.agree(False) is False
 
 
 def test_process_group_outside_a_launcher_is_a_single_process() -> None:

@@ -38,7 +38,7 @@ LR = {"gd": 0.3, "sgd": 0.05, "momentum": 0.02, "nesterov": 0.02, "adagrad": 0.0
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
     """These models are tiny: a second intra-op thread buys nothing, and on a busy shared CPU
-    OpenMP's spin-waiting made the tests 10-50x slower. Restored after this module."""
+    OpenMP's spin-waiting slows the tests down many times over. Restored after this module."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
