@@ -75,3 +75,24 @@ def test_diverged_training_keeps_the_last_good_model(pipeline_repo):
     assert proc.returncode != 0
     assert "fitline train: error: training diverged at epoch" in proc.stdout + proc.stderr
     assert (pipeline_repo / "models/model.pt").read_bytes() == good, "a failed run must keep the last good model"
+
+
+@pytest.mark.slow
+def test_a_failed_stage_keeps_the_committed_metrics(pipeline_repo):
+    """A bad train or evaluate param used to leave git status showing metrics/train.json,
+    metrics/train_history.csv or metrics/eval.json deleted: DVC removes non-persistent outputs
+    before the command runs."""
+    run_cmd(["dvc", "repro"], pipeline_repo)
+    run_cmd(["git", "add", "-A"], pipeline_repo)
+    run_cmd(["git", "commit", "-q", "-m", "a good run"], pipeline_repo)
+    metrics = {p: (pipeline_repo / p).read_bytes() for p in
+               ("metrics/train.json", "metrics/train_history.csv", "metrics/eval.json", "metrics/export.json")}
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())
+    for section, bad in (("train", {"optimizer": "sgd", "lr": 100.0}), ("evaluate", {"plot_points": 1})):
+        changed = {**params, section: {**params[section], **bad}}
+        (pipeline_repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+        proc = run_cmd(["dvc", "repro"], pipeline_repo, check=False)
+        assert proc.returncode != 0, section
+        assert {p: (pipeline_repo / p).read_bytes() for p in metrics} == metrics, section
+        status = run_cmd(["git", "status", "--porcelain", "--", "metrics"], pipeline_repo).stdout
+        assert status == "", f"{section}: {status}"

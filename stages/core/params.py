@@ -14,9 +14,9 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stages.core.contracts import PARAMS_PATH
 from stages.core.errors import ParamsError
 
-PARAMS_FILE = "params.yaml"
 
 
 # ------------------------------------------------------------------------------------ options
@@ -51,7 +51,9 @@ def allowed(option: Any) -> str:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: an infinite noise or reg_strength passed every range check that has
+    # no upper bound, and failed later far from the key that caused it
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------- data
@@ -140,27 +142,22 @@ class ValidateParams(Section):
     feature_bounds: dict[str, tuple[float, float]] | None = None
     # robust bounds: train quantiles [q, 1-q] widened by margin x (q_hi - q_lo) on each side
     bounds_quantile: float = Field(0.001, ge=0, lt=0.5)
-    bounds_margin: float = Field(1.0, ge=0, allow_inf_nan=False)
+    bounds_margin: float = Field(1.0, ge=0)
     target_bounds: tuple[float, float] | None = None  # regression; null = robust bounds from train
     class_balance_tol: float = Field(0.05, gt=0, le=1)
-    drift_mean_tol: float = Field(0.25, gt=0, allow_inf_nan=False)  # in train stds
-    drift_std_tol: float = Field(0.25, gt=0, allow_inf_nan=False)  # relative to train's std
+    drift_mean_tol: float = Field(0.25, gt=0)  # in train stds
+    drift_std_tol: float = Field(0.25, gt=0)  # relative to train's std
     # drift tolerances widen to this many standard errors of the statistic in small splits
-    drift_noise_z: float = Field(5.0, ge=0, allow_inf_nan=False)
+    drift_noise_z: float = Field(5.0, ge=0)
     check_leakage: bool = True
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ValidateParams:
         for col, (lo, hi) in (self.feature_bounds or {}).items():
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                raise ValueError(f"validate.feature_bounds.{col}: [{lo:g}, {hi:g}] must be finite (inf must fail)")
             if not lo < hi:
                 raise ValueError(f"validate.feature_bounds.{col}: low {lo:g} must be below high {hi:g}")
-        if self.target_bounds is not None and not (
-            math.isfinite(self.target_bounds[0]) and math.isfinite(self.target_bounds[1])
-            and self.target_bounds[0] < self.target_bounds[1]
-        ):
-            raise ValueError(f"validate.target_bounds: {list(self.target_bounds)} must be finite [low, high]")
+        if self.target_bounds is not None and not self.target_bounds[0] < self.target_bounds[1]:
+            raise ValueError(f"validate.target_bounds: {list(self.target_bounds)}: low must be below high")
         return self
 
 
@@ -290,8 +287,8 @@ class RegressionRule(Section):
     metric: str = Field(min_length=1)  # e.g. eval.test.rmse
     better: Better
     # allowed worsening against the baseline = max(abs_tol, rel_tol * |baseline|)
-    abs_tol: float = Field(0.0, ge=0, allow_inf_nan=False)
-    rel_tol: float = Field(0.0, ge=0, allow_inf_nan=False)
+    abs_tol: float = Field(0.0, ge=0)
+    rel_tol: float = Field(0.0, ge=0)
     when: TaskName | None = None
 
 
@@ -428,7 +425,7 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{key}: {err['input']!r} is not allowed: {err['msg']}"
 
 
-def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+def parse_params(raw: Any, source: str = str(PARAMS_PATH)) -> Params:
     """Validate a params mapping (as read from YAML) into typed `Params`."""
     if raw is None:
         raw = {}
@@ -442,7 +439,7 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
         raise ParamsError(f"{source}: {messages[0]}{more}") from None
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
+def load_params(path: str | Path = PARAMS_PATH) -> Params:
     """Read and validate params.yaml; a ParamsError names the problem in one line."""
     path = Path(path)
     try:

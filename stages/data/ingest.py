@@ -84,6 +84,10 @@ def from_file(p: DataParams, writers_factory: Any) -> tuple[dict[str, Any], list
         if target.isna().any():
             raise DataError(f"data.target: column {p.target!r} has {int(target.isna().sum())} missing labels")
         classes = sorted(target.unique().tolist(), key=lambda v: (str(type(v)), v))
+        if len(classes) < 2:
+            # a one-class "classifier" reaches zero loss and a perfect score: it must not pass a gate
+            raise DataError(f"data.target: column {p.target!r} has one class ({classes[0]!r}) in {len(df)} rows; "
+                            "a classifier needs at least two (for a numeric target set data.task: regression)")
         y = target.map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
         classes = [_json_label(c) for c in classes]
     else:

@@ -189,3 +189,26 @@ def test_error_texts_list_the_literals_values():
     # pydantic's own message for a Literal lists its values in declaration order
     with pytest.raises(ParamsError, match=re.escape("'sgd', 'momentum', 'nesterov', 'adagrad'")):
         parse_params({"train": {"optimizer": "adamx"}})
+
+
+@pytest.mark.parametrize(("raw", "key"), [
+    ({"data": {"noise": float("inf")}}, "data.noise"),
+    ({"train": {"reg_strength": float("inf")}}, "train.reg_strength"),
+    ({"train": {"momentum": float("nan")}}, "train.momentum"),
+    ({"train": {"grad_clip": float("inf")}}, "train.grad_clip"),
+    ({"evaluate": {"overfit_gap": float("inf")}}, "evaluate.overfit_gap"),
+    ({"validate": {"feature_bounds": {"x0": [0, float("inf")]}}}, "validate.feature_bounds.x0"),
+    ({"validate": {"target_bounds": [float("-inf"), 1]}}, "validate.target_bounds"),
+])
+def test_non_finite_numbers_are_refused_naming_the_key(raw, key):
+    """`data.noise: .inf` passed the params check (no upper bound) and overwrote the splits with
+    inf targets; `train.reg_strength: .inf` was reported as a diverged run blaming train.lr."""
+    with pytest.raises(ParamsError, match=rf"^params.yaml: {re.escape(key)}[.\d]*: (inf|-inf|nan) is not allowed: "
+                                          "Input should be a finite number$"):
+        parse_params(raw)
+
+
+def test_non_finite_yaml_spelling_is_refused(tmp_path):
+    (tmp_path / "params.yaml").write_text("data:\n  noise: .inf\n")
+    with pytest.raises(ParamsError, match="data.noise: inf is not allowed"):
+        load_params(tmp_path / "params.yaml")

@@ -148,6 +148,17 @@ def test_file_ingest_classification_maps_string_labels(tmp_path, suffix):
     assert dict(zip(meta["classes"], ingested.tolist())) == original
 
 
+@pytest.mark.parametrize("task", ["auto", "classification"])
+def test_a_target_with_one_class_is_refused(tmp_path, task):
+    """A file whose target is always 1 trained a 'good' model (cross-entropy 0) that passed the gate."""
+    path = tmp_path / "user.csv"
+    _user_frame().drop(columns="label").assign(price=1).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"^data.target: column 'price' has one class \(1\) in 90 rows; a classifier "
+                                        r"needs at least two \(for a numeric target set data.task: regression\)$"):
+        generate.run(DataParams(source="file", path=str(path), target="price", task=task), tmp_path / "out")
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
 def test_file_ingest_regression_inferred(tmp_path):
     path = tmp_path / "user.csv"
     _user_frame().drop(columns="label").to_csv(path, index=False)
