@@ -1,5 +1,5 @@
 """The `fitline-compare` flow: every optimizer on the same data and model, each at its best
-learning rate; the table, chart and curves are computed by stages/compare.py.
+learning rate; the table, chart and curves are computed by stages/tools/compare.py.
 
 The runs are the sweep's own cached trial task (flows/sweep.run_trials): a comparison that
 was run before trains nothing, and a sweep trial with the same params is reused.
@@ -7,17 +7,20 @@ was run before trains nothing, and a sweep trial with the same params is reused.
 
 from __future__ import annotations
 
+# first: Prefect reads its settings when it is first imported
+import flows.prefect_env  # noqa: F401  # isort: skip
+
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.sweep import RunOptions, call_flow, run_trials  # sets Prefect's env first
+from flows.sweep import RunOptions, call_flow, run_trials
+from stages.core.contracts import COMPARE_REPORT_PATH, DATA_DIR, PARAMS_PATH
 from stages.core.errors import FitlineError
 from stages.core.params import load_params
 from stages.data.splits import load_meta
-from stages.core.contracts import COMPARE_REPORT_PATH
 from stages.tools.compare import Comparison, compare, compare_plan, report_markdown, write_comparison
 from stages.tools.sweep import check_validated, trial_params
 
@@ -40,14 +43,14 @@ def compare_flow(root: str = ".", torch_threads: int | None = None, workers: int
     reports/compare.{md,csv,png} and the table artifact `fitline-compare`."""
     logger = get_run_logger()
     workspace = Path(root).resolve()
-    params = load_params(workspace / "params.yaml")
+    params = load_params(workspace / PARAMS_PATH)
     cp = params.sweep.compare
     plan = [(o, trial_params(params.train, o)) for o in compare_plan(params.train, cp)]
     logger.info("%d trials: %s", len(plan), ", ".join(f"{o} x {len(cp.lrs_for(o))}" for o in cp.optimizers))
     labels = [f"{o['optimizer']} lr={o['lr']:g}" for o, _ in plan]
     trials = run_trials(workspace, plan, params.evaluate, torch_threads, labels)
     result = compare(trials, cp)
-    meta = load_meta(workspace / "data")
+    meta = load_meta(workspace / DATA_DIR)
     floor = ((meta.get("ground_truth") or {}).get("irreducible") or {}).get(result.loss)
     markdown = report_markdown(result, task=meta["task"], n_train=(meta.get("rows") or {}).get("train"),
                                noise_floor=floor, workers=workers)
@@ -64,7 +67,7 @@ def run_compare(root: str | Path = ".", *, runner: str | None = None, workers: i
                 dask_address: str | None = None, dask_processes: bool = True) -> CompareResult:
     """What `fitline compare` does. Params and data are checked before Prefect starts."""
     workspace = Path(root).resolve()
-    params = load_params(workspace / "params.yaml")
+    params = load_params(workspace / PARAMS_PATH)
     options = RunOptions.resolve(params, runner, workers, dask_address, dask_processes)
     for overrides in compare_plan(params.train, params.sweep.compare):
         trial_params(params.train, overrides)

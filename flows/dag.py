@@ -172,8 +172,8 @@ def _state(repo: Any, stage: Any) -> StageState:
 class DvcWorkspace:
     """One DVC Repo on a workspace, with the stage states computed from it.
 
-    Opening a Repo and loading dvc.yaml + dvc.lock costs 0.1-0.4 s, so a flow run keeps one
-    for all its stages; `invalidate()` after anything changed the workspace (a stage ran, outs
+    Opening a Repo and loading dvc.yaml + dvc.lock is not free, so a flow run keeps one for
+    all its stages; `invalidate()` after anything changed the workspace (a stage ran, outs
     were checked out) makes the next call read it anew.
     """
 

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stages.core.contracts import PARAMS_PATH
+from stages.core.io import file_digest
+
 log = logging.getLogger(__name__)
 
 METRICS_KEY = "fitline-metrics"
@@ -58,13 +61,8 @@ def git_commit(root: str | os.PathLike[str]) -> Commit:
 
 
 def sha256_file(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The file's sha256, or None when there is no such file."""
+    return file_digest(path, "sha256") if path.is_file() else None
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -117,7 +115,7 @@ def metrics_row(root: str | os.PathLike[str], commit: Commit, paths: list[str],
         "commit": commit.sha,
         "branch": commit.branch,
         "dirty": commit.dirty,
-        "params_sha256": sha256_file(Path(root) / "params.yaml"),
+        "params_sha256": sha256_file(Path(root) / PARAMS_PATH),
         "metrics_sha256": metrics_sha,
         "flow_run": flow_run,
         **metrics,
@@ -192,12 +190,12 @@ def per_commit(entries: list[HistoryEntry]) -> list[HistoryEntry]:
 def gate_metrics(root: str | os.PathLike[str]) -> list[str]:
     """The metrics the workspace's gate judges (params `gate`), in rule order; [] without a
     readable params.yaml or gate section. They are the default columns of `fitline history`:
-    every numeric metric makes a table some 90 columns wide."""
+    every numeric metric makes a table too wide to read."""
     from stages.core.errors import FitlineError
     from stages.core.params import load_params
     from stages.tools.gate_rules import parse_rules
 
-    path = Path(root) / "params.yaml"
+    path = Path(root) / PARAMS_PATH
     if not path.is_file():
         return []
     try:

@@ -22,6 +22,9 @@ expected error (`fitline <stage>: error: ...`), so those fail the flow at once.
 
 from __future__ import annotations
 
+# first: Prefect reads its settings when it is first imported
+import flows.prefect_env  # noqa: F401  # isort: skip
+
 import argparse
 import contextlib
 import logging
@@ -30,29 +33,23 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# No network here: the server's telemetry would fail. Set before prefect reads its settings.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-# The temporary server of a first run migrates a fresh SQLite database; on a busy 2-core machine
-# that takes longer than Prefect's 20 s default.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import CachePolicy
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.states import Failed
+from prefect.tasks import exponential_backoff
 
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.cache_policies import CachePolicy  # noqa: E402
-from prefect.context import FlowRunContext, TaskRunContext  # noqa: E402
-from prefect.states import Failed  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
-
-from flows.dag import DvcWorkspace, check_workspace  # noqa: E402
-from flows.history import git_commit, metrics_row, record_run  # noqa: E402
-from flows.interactive import command_line_run  # noqa: E402
-from flows.stage_run import DvcRunner, StageFailed, repro_stage  # noqa: E402
-from flows.workspace_lock import workspace_lock  # noqa: E402
-from stages.core.errors import FitlineError  # noqa: E402
+from flows.dag import DvcWorkspace, check_workspace
+from flows.history import Commit, git_commit, metrics_row, record_run
+from flows.interactive import command_line_run
+from flows.stage_run import DvcRunner, StageFailed, repro_stage
+from flows.workspace_lock import workspace_lock
+from stages.core.errors import FitlineError
 
 FLOW_NAME = "fitline-pipeline"
 # Prefect's cache records of a workspace live beside DVC's own temporary state: they describe
@@ -60,6 +57,8 @@ FLOW_NAME = "fitline-pipeline"
 CACHE_DIR = Path(".dvc") / "tmp" / "fitline-prefect-cache"
 NIGHTLY_CRON = "0 2 * * *"  # 02:00 UTC, as in prefect.yaml
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+-[0-9a-f]{64}$")
+# the Prefect loggers that log a failed run's exception
+RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
 
 
 class ExpectedErrorsWithoutTraceback(logging.Filter):
@@ -76,10 +75,15 @@ class ExpectedErrorsWithoutTraceback(logging.Filter):
         return True
 
 
-for _name in ("prefect.task_runs", "prefect.flow_runs"):
-    _logger = logging.getLogger(_name)
-    if not any(isinstance(f, ExpectedErrorsWithoutTraceback) for f in _logger.filters):
-        _logger.addFilter(ExpectedErrorsWithoutTraceback())
+def install_log_filters() -> None:
+    """Add `ExpectedErrorsWithoutTraceback` to Prefect's run loggers, once per process.
+
+    Called where a run starts (the flow, a stage task called on its own) rather than on import,
+    so importing this module leaves logging as it was."""
+    for name in RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ExpectedErrorsWithoutTraceback) for f in logger.filters):
+            logger.addFilter(ExpectedErrorsWithoutTraceback())
 
 
 def cache_storage(root: str | os.PathLike[str]) -> Path:
@@ -102,31 +106,52 @@ def prune_cache(root: str | os.PathLike[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-# The flow run's one DVC view of its workspace and its one DVC runner process, shared by its
-# tasks (they run one after another in the flow's thread); a task run outside a flow opens its
-# own view and runs `dvc repro --single-item`.
-_SHARED: dict[str, DvcWorkspace] = {}
-_RUNNERS: dict[str, DvcRunner] = {}
+@dataclass(frozen=True)
+class SharedWorkspace:
+    """A flow run's one DVC view of its workspace and its one DVC runner process, shared by its
+    stage tasks (they run one after another): DVC is opened and started once per run, not once
+    per stage."""
+
+    dvc: DvcWorkspace
+    runner: DvcRunner
+
+    @property
+    def root(self) -> Path:
+        return self.dvc.root
+
+
+# The current flow run's SharedWorkspace. A context variable rather than a module-level dict
+# keyed by workspace: it belongs to the flow run that set it, and its task runs see it because
+# Prefect runs a task in the calling flow's context (a called task in the flow's own thread, a
+# submitted one in a copy of its context: tests/flows/test_flow_context.py checks both).
+_SHARED_WORKSPACE: ContextVar[SharedWorkspace | None] = ContextVar("fitline_shared_workspace", default=None)
 
 
 @contextlib.contextmanager
 def shared_dvc_workspace(root: Path) -> Iterator[DvcWorkspace]:
-    ws = _SHARED[str(root)] = DvcWorkspace(root)
-    runner = _RUNNERS[str(root)] = DvcRunner(root)
+    """Share one DVC view and runner of `root` with the stage tasks called inside the block."""
+    shared = SharedWorkspace(DvcWorkspace(root), DvcRunner(root))
+    token = _SHARED_WORKSPACE.set(shared)
     try:
-        yield ws
+        yield shared.dvc
     finally:
-        _SHARED.pop(str(root), None)
-        _RUNNERS.pop(str(root), None)
-        runner.close()
-        ws.close()
+        _SHARED_WORKSPACE.reset(token)
+        shared.runner.close()
+        shared.dvc.close()
+
+
+def shared_workspace(root: str | os.PathLike[str]) -> SharedWorkspace | None:
+    """The calling flow run's SharedWorkspace of `root`, or None (a task run outside a flow)."""
+    shared = _SHARED_WORKSPACE.get()
+    return shared if shared is not None and shared.root == Path(root).resolve() else None
 
 
 @contextlib.contextmanager
 def dvc_workspace(root: str) -> Iterator[DvcWorkspace]:
-    shared = _SHARED.get(str(Path(root).resolve()))
+    """The flow run's shared DVC view of `root`, or a view of its own outside a flow run."""
+    shared = shared_workspace(root)
     if shared is not None:
-        yield shared
+        yield shared.dvc
         return
     with DvcWorkspace(root) as ws:
         yield ws
@@ -182,12 +207,18 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
     retry_condition_fn=is_transient,
 )
 def run_stage(stage: str, root: str) -> dict[str, Any]:
-    """Run one stage through DVC (`dvc repro --single-item`); raises StageFailed."""
+    """Run one stage through DVC (`dvc repro --single-item`); raises StageFailed.
+
+    In a flow run, through the run's DvcRunner; on its own, through the `dvc` command."""
+    install_log_filters()
     logger = get_run_logger()
+    shared = shared_workspace(root)
     with dvc_workspace(root) as ws:
         ws.invalidate()  # whatever happens next, the workspace changes under DVC's view
-        runner = _RUNNERS.get(str(Path(root).resolve()))
-        run = runner.repro(stage, on_line=logger.info) if runner else repro_stage(root, stage, on_line=logger.info)
+        if shared is not None:
+            run = shared.runner.repro(stage, on_line=logger.info)
+        else:
+            run = repro_stage(root, stage, on_line=logger.info)
         if not run.executed:
             logger.info("%s: DVC restored it from its run-cache or found it up to date", stage)
         # no fingerprint: the stage just changed, and its new state is keyed by the next run
@@ -252,6 +283,7 @@ def training_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: fl
     caller as it is; returned as a Failed state, since Prefect logs a full traceback for an
     exception that leaves the flow function.
     """
+    install_log_filters()
     try:
         return _pipeline(root, retries, retry_delay_seconds, lock_timeout_seconds, pull, push)
     except FitlineError as exc:
@@ -265,35 +297,45 @@ def _pipeline(root: str, retries: int, retry_delay_seconds: float, lock_timeout_
     workspace = check_workspace(root)
     commit = git_commit(workspace)
     _tag_flow_run(commit.tag)
-    stage_task = run_stage.with_options(
-        retries=retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_seconds),
-        result_storage=cache_storage(workspace),
-    )
-    sync = sync_remote.with_options(retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_seconds))
+    backoff = exponential_backoff(backoff_factor=retry_delay_seconds)
+    stage_task = run_stage.with_options(retries=retries, retry_delay_seconds=backoff,
+                                        result_storage=cache_storage(workspace))
+    sync = sync_remote.with_options(retries=retries, retry_delay_seconds=backoff)
     if pull or push:
         logger.info("DVC remote: %s", require_default_remote(workspace))
-    states: dict[str, str] = {}
     with workspace_lock(workspace, timeout=lock_timeout_seconds, on_wait=logger.warning), \
             shared_dvc_workspace(workspace) as ws:
         if pull:
             sync(str(workspace), "pull")
             ws.invalidate()
-        for node in ws.nodes():
-            state = stage_task(node.name, str(workspace), return_state=True)
-            states[node.name] = state.name
-            if state.is_failed():
-                logger.error("stage %s failed; stages after it are not run", node.name)
-                state.result()  # raises the stage's error (a StageFailed): the flow fails with its message
-        ctx = FlowRunContext.get()
-        flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
-        row = metrics_row(workspace, commit, ws.metrics_paths(), flow_run=flow_run_id)
-        record_run(row, states)
+        states = _run_stages(ws, stage_task)
+        _record_metrics(ws, commit, states)
         if push:
             sync(str(workspace), "push")
         prune_cache(workspace)
     logger.info("stages: %s", ", ".join(f"{k}={v}" for k, v in states.items()))
     return states
+
+
+def _run_stages(ws: DvcWorkspace, stage_task: Any) -> dict[str, str]:
+    """Run the stage task for each stage in dependency order; stop at the first failure by
+    raising its error (a StageFailed), so the flow fails with the stage's message."""
+    logger = get_run_logger()
+    states: dict[str, str] = {}
+    for node in ws.nodes():
+        state = stage_task(node.name, str(ws.root), return_state=True)
+        states[node.name] = state.name
+        if state.is_failed():
+            logger.error("stage %s failed; stages after it are not run", node.name)
+            state.result()
+    return states
+
+
+def _record_metrics(ws: DvcWorkspace, commit: Commit, states: dict[str, str]) -> None:
+    """The run's metrics row and report, as artifacts of the current flow run."""
+    ctx = FlowRunContext.get()
+    flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+    record_run(metrics_row(ws.root, commit, ws.metrics_paths(), flow_run=flow_run_id), states)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -314,8 +356,7 @@ def run_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: float =
 
     The flow tags its own run with the commit (`_tag_flow_run`). Not `with prefect.tags(...)`
     around the call: that tags every task run too, and a tagged task run asks the server for
-    tag concurrency slots (and holds a lease) around its body, which cost a cold run about
-    0.9 s per stage on 2 busy cores (flow call 16.1 s untagged vs 22.4 s tagged; dvc repro 14.2 s).
+    tag concurrency slots (and holds a lease) around its body, a round trip per stage.
     """
     workspace = check_workspace(root)  # before a flow run is created for a mistyped --root
     with command_line_run():

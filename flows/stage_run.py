@@ -2,11 +2,12 @@
 
 Running through DVC leaves dvc.lock and DVC's cache exactly as `dvc repro` leaves them. Two
 ways: `repro_stage` starts the `dvc` command for one stage; a `DvcRunner` keeps one helper
-process that calls DVC's Python API for each stage it is sent, so a flow run pays the Python + DVC start (about 1 s here) once, not once per stage. Stage entry points report expected errors (bad params, failed validation, a
-diverged run) as one line `fitline <stage>: error: <message>` on stderr (stages/errors.py);
-such a failure is deterministic and retrying it cannot help. Anything else (a killed process,
-DVC's repo lock held by another process, an OSError) may pass and is worth a retry.
-Nothing here imports prefect.
+process that calls DVC's Python API for each stage it is sent, so a flow run pays the Python +
+DVC start once, not once per stage. Stage entry points report expected errors (bad params,
+failed validation, a diverged run) as one line `fitline <stage>: error: <message>` on stderr
+(stages/core/errors.py); such a failure is deterministic and retrying it cannot help. Anything
+else (a killed process, DVC's repo lock held by another process, an OSError) may pass and is
+worth a retry. Nothing here imports prefect.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The `fitline-sweep` flow: a grid of train params, each trial a mapped Prefect task.
 
 A trial calls the stages' own `train_model` and `evaluate_model` in-process on the validated
-data (stages/sweep.run_trial); there is no DVC run per trial. Its cache key is a hash of the
+data (stages/tools/sweep.run_trial); there is no DVC run per trial. Its cache key is a hash of the
 trial's full train params, the evaluate params, the data's content (md5 of the parquet files
 and meta.json), the trial code and the device; results are persisted under
 .dvc/tmp/fitline-sweep-cache, so rerunning a grid trains nothing (every trial is Cached) and
@@ -14,6 +14,9 @@ machine share its cores, so each trial gets cores // workers torch threads.
 
 from __future__ import annotations
 
+# first: Prefect reads its settings when it is first imported
+import flows.prefect_env  # noqa: F401  # isort: skip
+
 import contextlib
 import logging
 import os
@@ -22,24 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# No network here: the server's telemetry would fail. Set before prefect reads its settings.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-# Idle OpenMP threads sleep instead of spinning: trials share the cores with each other (and
-# the train stage sets the same in dvc.yaml). Read once, when torch first loads, after this.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect.context import TaskRunContext
 
-from prefect import flow, get_run_logger, task, unmapped  # noqa: E402
-from prefect.artifacts import create_table_artifact  # noqa: E402
-from prefect.context import TaskRunContext  # noqa: E402
-
-from flows.interactive import command_line_run  # noqa: E402
-from stages.core.errors import FitlineError, ParamsError  # noqa: E402
-from stages.core.params import EvaluateParams, TrainParams, load_params  # noqa: E402
-from stages.data.splits import Split, load_meta, load_splits  # noqa: E402
-from stages.core.contracts import SWEEP_LEADERBOARD_PATH  # noqa: E402
-from stages.tools.sweep import (  # noqa: E402
+from flows.interactive import command_line_run
+from flows.prefect_env import set_defaults
+from stages.core.contracts import DATA_DIR, PARAMS_PATH, SWEEP_LEADERBOARD_PATH
+from stages.core.errors import FitlineError, ParamsError
+from stages.core.params import EvaluateParams, TrainParams, load_params
+from stages.data.splits import Split, load_meta, load_splits
+from stages.tools.sweep import (
     apply_best,
     check_validated,
     code_fingerprint,
@@ -54,6 +50,12 @@ from stages.tools.sweep import (  # noqa: E402
     trial_params,
     write_leaderboard,
 )
+
+# Idle OpenMP threads sleep instead of spinning: trials share the cores with each other (and
+# the train stage sets the same in dvc.yaml). OpenMP reads it once, when torch first loads,
+# which none of the imports above does (tests/flows/test_flow_env.py checks).
+TRIAL_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+set_defaults(TRIAL_ENV_DEFAULTS)
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,9 @@ def load_trial_data(root: str | Path) -> TrialData:
     """The validated data of the workspace at `root` (a DataError says to run `dvc repro validate`)."""
     root = Path(root)
     check_validated(root)
-    meta = load_meta(root / "data")
-    return TrialData(load_splits(root / "data", meta), meta, data_fingerprint(root / "data"))
+    data_dir = root / DATA_DIR
+    meta = load_meta(data_dir)
+    return TrialData(load_splits(data_dir, meta), meta, data_fingerprint(data_dir))
 
 
 def plan_trials(base: TrainParams, grid: dict[str, Any]) -> list[tuple[dict[str, Any], TrainParams]]:
@@ -173,7 +176,7 @@ def sweep_flow(root: str = ".", grid: dict[str, list[Any]] | None = None,
     """
     logger = get_run_logger()
     workspace = Path(root).resolve()
-    params = load_params(workspace / "params.yaml")
+    params = load_params(workspace / PARAMS_PATH)
     grid = dict(grid if grid is not None else params.sweep.grid)
     plan = plan_trials(params.train, grid)
     logger.info("%d trials over %s", len(plan), ", ".join(grid))
@@ -251,7 +254,7 @@ def shared_api() -> Iterator[None]:
     """Point worker processes at this process's Prefect API.
 
     Without PREFECT_API_URL, Prefect starts a temporary server on first use, and so would every
-    worker process of a process pool or a local Dask cluster: one 20-40 s start per worker, and
+    worker process of a process pool or a local Dask cluster: one server start per worker, and
     task runs spread over throwaway databases. Start it here and hand its URL to the workers.
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -294,7 +297,7 @@ def run_sweep(root: str | Path = ".", *, grid: dict[str, list[Any]] | None = Non
               apply: bool = False) -> SweepResult:
     """What `fitline sweep` does. Params and data are checked before Prefect starts (fast failure)."""
     workspace = Path(root).resolve()
-    params = load_params(workspace / "params.yaml")
+    params = load_params(workspace / PARAMS_PATH)
     options = RunOptions.resolve(params, runner, workers, dask_address, dask_processes)
     keys = list(grid if grid is not None else params.sweep.grid)
     plan_trials(params.train, dict(grid if grid is not None else params.sweep.grid))
@@ -306,7 +309,7 @@ def run_sweep(root: str | Path = ".", *, grid: dict[str, list[Any]] | None = Non
         raise FitlineError(f"every trial failed (the first: {ranked[0]['error']}); see {SWEEP_LEADERBOARD_PATH}"
                            + ("; params.yaml is left as it is" if apply else ""))
     if apply:
-        result.changed = apply_best(workspace / "params.yaml", result.best["params"])
+        result.changed = apply_best(workspace / PARAMS_PATH, result.best["params"])
     return result
 
 
