@@ -24,17 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stages.core.contracts import ModelConfig
 from stages.serving.onnx import engines_for, export_onnx, latency_inputs, measure_latency, torch_threads
 from stages.serving.predict import OnnxModel
 from stages.serving.quantize import calibration_rows, quantize_model
 from stages.training.models import build_model, fit_scaling
 
 
-def make_model(features: int, hidden: tuple[int, ...], task: str) -> tuple[torch.nn.Module, dict, np.ndarray]:
+def make_model(features: int, hidden: tuple[int, ...], task: str) -> tuple[torch.nn.Module, ModelConfig, np.ndarray]:
     classes = [0, 1, 2] if task == "classification" else None
-    cfg = {"task": task, "feature_names": [f"x{i}" for i in range(features)], "target": "y", "classes": classes,
+    cfg = ModelConfig.from_dict({"task": task, "feature_names": [f"x{i}" for i in range(features)], "target": "y", "classes": classes,
            "n_features": features, "n_outputs": len(classes) if classes else 1, "model": "mlp",
-           "hidden": list(hidden), "activation": "relu", "dropout": 0.0, "scaling": "standard"}
+           "hidden": list(hidden), "activation": "relu", "dropout": 0.0, "scaling": "standard"})
     model = build_model(cfg, generator=torch.Generator().manual_seed(0))
     x = np.random.default_rng(0).normal(2.0, 3.0, size=(4096, features)).astype(np.float32)
     fit_scaling(model, x, x[:, 0], "standard")

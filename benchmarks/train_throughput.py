@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from stages.core.contracts import load_meta
 from stages.core.params import DataParams, TrainParams
-from stages.data.splits import load_meta, load_splits
+from stages.data.splits import load_splits
 from stages.generate import run as generate
 from stages.training.loop import model_config, train_model
 from stages.training.models import build_model, fit_scaling, weight_tensors

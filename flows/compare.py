@@ -17,10 +17,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.sweep import RunOptions, call_flow, run_trials
-from stages.core.contracts import COMPARE_REPORT_PATH, DATA_DIR, PARAMS_PATH
+from stages.core.contracts import COMPARE_REPORT_PATH, DATA_DIR, PARAMS_PATH, load_meta
 from stages.core.errors import FitlineError
 from stages.core.params import load_params
-from stages.data.splits import load_meta
 from stages.tools.compare import Comparison, compare, compare_plan, report_markdown, write_comparison
 from stages.tools.sweep import check_validated, trial_params
 
@@ -51,8 +50,8 @@ def compare_flow(root: str = ".", torch_threads: int | None = None, workers: int
     trials = run_trials(workspace, plan, params.evaluate, torch_threads, labels)
     result = compare(trials, cp)
     meta = load_meta(workspace / DATA_DIR)
-    floor = ((meta.get("ground_truth") or {}).get("irreducible") or {}).get(result.loss)
-    markdown = report_markdown(result, task=meta["task"], n_train=(meta.get("rows") or {}).get("train"),
+    floor = (meta.irreducible or {}).get(result.loss)
+    markdown = report_markdown(result, task=meta.task, n_train=meta.rows.get("train"),
                                noise_floor=floor, workers=workers)
     files = write_comparison(result, markdown, workspace)
     create_table_artifact(table=result.rows, key=ARTIFACT_KEY,

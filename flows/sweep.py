@@ -31,10 +31,10 @@ from prefect.context import TaskRunContext
 
 from flows.interactive import command_line_run
 from flows.prefect_env import set_defaults
-from stages.core.contracts import DATA_DIR, PARAMS_PATH, SWEEP_LEADERBOARD_PATH
+from stages.core.contracts import DATA_DIR, PARAMS_PATH, SWEEP_LEADERBOARD_PATH, Meta, load_meta
 from stages.core.errors import FitlineError, ParamsError
 from stages.core.params import EvaluateParams, TrainParams, load_params
-from stages.data.splits import Split, load_meta, load_splits
+from stages.data.splits import Split, load_splits
 from stages.tools.sweep import (
     apply_best,
     check_validated,
@@ -71,7 +71,7 @@ class TrialData:
     """What every trial reads: the validated splits, meta.json and their content hash."""
 
     splits: dict[str, Split]
-    meta: dict[str, Any]
+    meta: Meta
     key: str
 
 

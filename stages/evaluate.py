@@ -19,13 +19,15 @@ from stages.core.contracts import (
     MODEL_PATH,
     REPORTS_DIR,
     TRAIN_METRICS_PATH,
+    Meta,
     check_model_fits,
+    load_meta,
     read_history,
 )
 from stages.core.errors import run_main
 from stages.core.io import read_json, write_json, write_text
 from stages.core.params import LOSS_LABEL, EvaluateParams, load_params
-from stages.data.splits import Split, load_meta, load_splits
+from stages.data.splits import Split, load_splits
 from stages.evaluation.report import class_labels, fit_report, plot_tables, sample_rows
 from stages.evaluation.scoring import Evaluation, evaluate_splits
 
@@ -35,11 +37,11 @@ if TYPE_CHECKING:  # torch is imported where a model is evaluate_splits: the sta
 log = logging.getLogger(__name__)
 
 
-def write_outputs(ev: Evaluation, splits: dict[str, Split], meta: dict[str, Any], history: list[dict[str, Any]],
+def write_outputs(ev: Evaluation, splits: dict[str, Split], meta: Meta, history: list[dict[str, Any]],
                   params: EvaluateParams, reports_dir: Path = REPORTS_DIR, eval_path: Path = EVAL_METRICS_PATH) -> None:
     from stages.evaluation import plots
 
-    report, task = ev.report, meta["task"]
+    report, task = ev.report, meta.task
     split = "test" if "test" in ev.outputs else "val"
     y, out = splits[split].y, ev.outputs[split]
     values, categories = plot_tables(task, y, out, meta, params.plot_points)

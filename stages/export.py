@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import logging
 
-from stages.core.contracts import DATA_DIR, EXPORT_METRICS_PATH, INT8_PATH, MODEL_PATH, ONNX_PATH, check_model_fits
+from stages.core.contracts import (
+    DATA_DIR,
+    EXPORT_METRICS_PATH,
+    INT8_PATH,
+    MODEL_PATH,
+    ONNX_PATH,
+    check_model_fits,
+    load_meta,
+)
 from stages.core.errors import run_main
 from stages.core.io import write_json
 from stages.core.params import load_params
-from stages.data.splits import load_meta, load_splits
+from stages.data.splits import load_splits
 from stages.serving.onnx import export_model
 from stages.training.models import load_model
 

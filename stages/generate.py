@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from stages.core.contracts import DATA_DIR, META_NAME, SPLITS
+from stages.core.contracts import DATA_DIR, SPLITS, Meta, write_meta
 from stages.core.errors import run_main
-from stages.core.io import write_json
 from stages.core.params import DataParams, load_params
 from stages.data.ingest import from_file
 from stages.data.splits import split_writers
@@ -25,7 +23,7 @@ from stages.data.synthetic import synthetic_data
 log = logging.getLogger(__name__)
 
 
-def run(p: DataParams, out_dir: Path = DATA_DIR) -> dict[str, Any]:
+def run(p: DataParams, out_dir: Path = DATA_DIR) -> Meta:
     """Generate or ingest the data, write the three splits and meta.json; return the metadata."""
     out_dir = Path(out_dir)
     with split_writers(out_dir) as factory:
@@ -39,23 +37,24 @@ def run(p: DataParams, out_dir: Path = DATA_DIR) -> dict[str, Any]:
             info = synthetic_data(p, factory(names, target, task), names)
     split_of = info.pop("split_of")
     labels = info.pop("labels")
-    meta: dict[str, Any] = {
-        "source": p.source,
-        "kind": p.kind if p.source == "synthetic" else "file",
-        "path": p.path if p.source == "file" else None,
-        "seed": p.seed,
-        "feature_names": names,
-        "n_features": len(names),
-        "target": target,
-        "rows": {s: int((split_of == i).sum()) for i, s in enumerate(SPLITS)},
-        **info,
-    }
+    class_counts = None
     if labels is not None:
-        k = len(meta["classes"])
-        meta["class_counts"] = {s: np.bincount(labels[split_of == i], minlength=k).tolist()
-                                for i, s in enumerate(SPLITS)}
-    write_json(out_dir / META_NAME, meta)
-    log.info("wrote %s rows (%s) to %s", sum(meta["rows"].values()), meta["rows"], out_dir)
+        class_counts = {s: np.bincount(labels[split_of == i], minlength=len(info["classes"])).tolist()
+                        for i, s in enumerate(SPLITS)}
+    meta = Meta(
+        source=p.source,
+        kind=p.kind if p.source == "synthetic" else "file",
+        path=p.path if p.source == "file" else None,
+        seed=p.seed,
+        feature_names=names,
+        n_features=len(names),
+        target=target,
+        rows={s: int((split_of == i).sum()) for i, s in enumerate(SPLITS)},
+        class_counts=class_counts,
+        **info,
+    )
+    write_meta(meta, out_dir)
+    log.info("wrote %s rows (%s) to %s", sum(meta.rows.values()), meta.rows, out_dir)
     return meta
 
 

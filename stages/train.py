@@ -13,11 +13,19 @@ import contextlib
 import logging
 import sys
 
-from stages.core.contracts import CHECKPOINT_DIR, HISTORY_PATH, LIVE_DIR, MODEL_PATH, TRAIN_METRICS_PATH, history_csv
+from stages.core.contracts import (
+    CHECKPOINT_DIR,
+    HISTORY_PATH,
+    LIVE_DIR,
+    MODEL_PATH,
+    TRAIN_METRICS_PATH,
+    history_csv,
+    load_meta,
+)
 from stages.core.errors import run_main
 from stages.core.io import write_json, write_text
 from stages.core.params import load_params
-from stages.data.splits import load_meta, load_splits
+from stages.data.splits import load_splits
 from stages.training import distributed
 from stages.training.checkpoint import clear_checkpoint
 from stages.training.loop import train_model

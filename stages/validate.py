@@ -23,15 +23,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stages.core.contracts import META_PATH, Meta
+
 # GX reads this when it is imported; there is no network here and no analytics wanted anywhere
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
-from stages.core.contracts import DATA_DIR, DATA_DOCS_DIR, SPLITS, VALIDATION_REPORT_PATH  # noqa: E402
+from stages.core.contracts import (  # noqa: E402
+    DATA_DIR,
+    DATA_DOCS_DIR,
+    SPLITS,
+    VALIDATION_REPORT_PATH,
+    load_meta,  # noqa: E402
+)
 from stages.core.errors import DataError, ValidationFailed, run_main  # noqa: E402
 from stages.core.io import write_json  # noqa: E402
 from stages.core.params import ValidateParams, load_params  # noqa: E402
-from stages.data.splits import load_meta, read_split_frame  # noqa: E402
+from stages.data.splits import read_split_frame  # noqa: E402
 from stages.validation.checks import class_balance_failures, leakage_detail, row_hashes
 from stages.validation.expectations import HASH_COLUMN, leakage_expectation, reference_stats, split_expectations  # noqa: E402
 from stages.validation.gx import BATCH_BYTES, _fast_decimal_scan, make_context, validate_frame, validate_split
@@ -50,7 +58,7 @@ def _section(checks: int, failures: list[dict[str, Any]], rows: int | None = Non
     return section
 
 
-def run(params: ValidateParams, frames: dict[str, pd.DataFrame], meta: dict[str, Any],
+def run(params: ValidateParams, frames: dict[str, pd.DataFrame], meta: Meta,
         context: Any = None, batch_bytes: int = BATCH_BYTES) -> dict[str, Any]:
     """Validate the three splits; return the report. `context`: a GX context (e.g. one with a
     Data Docs site, see make_context); a fresh in-memory one by default. `batch_bytes`: see
@@ -58,13 +66,13 @@ def run(params: ValidateParams, frames: dict[str, pd.DataFrame], meta: dict[str,
     missing = [s for s in SPLITS if s not in frames]
     if missing:
         raise DataError(f"validate: split(s) {', '.join(missing)} not given")
-    needed = ["rows"] + (["classes"] if meta["task"] == "classification" else [])
-    absent = [k for k in needed if not meta.get(k)]
+    needed = ["rows"] + (["classes"] if meta.task == "classification" else [])
+    absent = [k for k in needed if not getattr(meta, k)]
     if absent:
-        raise DataError(f"data/meta.json: missing key(s) {', '.join(absent)} (re-run the generate stage)")
+        raise DataError(f"{META_PATH}: missing key(s) {', '.join(absent)} (re-run the generate stage)")
     context = context if context is not None else make_context()
     refs = reference_stats(params, frames["train"], meta)
-    report: dict[str, Any] = {"task": meta["task"], "splits": {}, "cross_split": {}}
+    report: dict[str, Any] = {"task": meta.task, "splits": {}, "cross_split": {}}
 
     for split in SPLITS:
         frame = frames[split]
@@ -73,14 +81,14 @@ def run(params: ValidateParams, frames: dict[str, pd.DataFrame], meta: dict[str,
         failed = [describe_failure(split, er, frame) for er in failed_results]
         report["splits"][split] = _section(checks, failed, rows=len(frame))
 
-    if meta["task"] == "classification":
+    if meta.task == "classification":
         for failure in class_balance_failures(frames, meta, params.class_balance_tol):
             section = report["splits"][failure["split"]]
             section["failed"].append(failure)
             section["success"] = False
 
     if params.check_leakage:
-        columns = [c for c in [*meta["feature_names"], meta["target"]] if all(c in f.columns for f in frames.values())]
+        columns = [c for c in [*meta.feature_names, meta.target] if all(c in f.columns for f in frames.values())]
         hashes = {s: row_hashes(frames[s], columns) for s in SPLITS}
         table = pd.DataFrame({HASH_COLUMN: np.concatenate(list(hashes.values()))})
         results = validate_frame(context, "leakage", table, [leakage_expectation()])

@@ -7,9 +7,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+
+from stages.core.contracts import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +82,19 @@ def make_pipeline_repo(dest: Path, params_text: str | None = None) -> Path:
     run_cmd(["git", "add", "-A"], dest)
     run_cmd(["git", "commit", "-q", "-m", "init"], dest)
     return dest
+
+
+def model_config(**kw: Any) -> ModelConfig:
+    """A ModelConfig for tests: a small regression MLP on features a, b, c unless `kw` says
+    otherwise (n_features alone names the features x0, x1, ...)."""
+    if "n_features" in kw and "feature_names" not in kw:
+        kw["feature_names"] = [f"x{i}" for i in range(kw["n_features"])]
+    base: dict[str, Any] = {
+        "task": "regression", "feature_names": ["a", "b", "c"], "target": "y", "classes": None, "n_features": 3,
+        "n_outputs": 1, "model": "mlp", "hidden": [8, 4], "activation": "relu", "dropout": 0.0,
+        "scaling": "standard", "loss": "mse", "huber_delta": 1.0,
+    }
+    return ModelConfig(**{**base, **kw})
 
 
 SMALL_PARAMS = """\

@@ -114,6 +114,43 @@ class Meta:
         return {k: v for k, v in asdict(self).items() if v is not None or k not in self.OMITTED_WHEN_NONE}
 
 
+# ------------------------------------------------------------------ the model's config
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the weights in models/model.pt are: the architecture build_model rebuilds, the data
+    it was trained for (task, features in order, target, classes) and its loss. Saved beside the
+    weights as a plain dict (to_dict), so the file loads with torch.load(weights_only=True)."""
+
+    task: Literal["regression", "classification"]
+    feature_names: list[str]
+    target: str
+    classes: list[Any] | None
+    n_features: int
+    n_outputs: int  # 1 for regression, the class count for classification
+    model: str  # linear | mlp
+    hidden: list[int]
+    activation: str
+    dropout: float
+    scaling: str  # standard | none
+    loss: str | None = None  # the training loss (optim.resolve_loss)
+    huber_delta: float = 1.0
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str | Path = MODEL_PATH) -> ModelConfig:
+        if not isinstance(raw, dict):
+            raise DataError(f"{where}: the model's config is not a mapping (re-run the train stage)")
+        known = [f.name for f in fields(cls)]
+        missing = [k for k in known[:11] if k not in raw]
+        if missing:
+            raise DataError(f"{where}: the model's config lacks {', '.join(missing)} (re-run the train stage)")
+        return cls(**{k: raw[k] for k in known if k in raw})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def load_meta(data_dir: str | Path = DATA_DIR) -> Meta:
     path = Path(data_dir) / META_NAME
     return Meta.from_dict(read_json(path), path)
@@ -123,13 +160,13 @@ def write_meta(meta: Meta, data_dir: str | Path = DATA_DIR) -> None:
     write_json(Path(data_dir) / META_NAME, meta.to_dict())
 
 
-def check_model_fits(cfg: dict[str, Any], meta: dict[str, Any], model_path: str | Path = MODEL_PATH) -> None:
+def check_model_fits(cfg: ModelConfig, meta: Meta, model_path: str | Path = MODEL_PATH) -> None:
     """The model was trained for this data's task and features, in this order (else: re-run
     train); evaluate and export call this before they feed the data to the model."""
-    if cfg.get("task") != meta["task"] or list(cfg.get("feature_names", [])) != list(meta["feature_names"]):
+    if cfg.task != meta.task or list(cfg.feature_names) != list(meta.feature_names):
         raise DataError(
-            f"{model_path}: trained for task {cfg.get('task')!r} on features {cfg.get('feature_names')}, "
-            f"but {META_PATH} has task {meta['task']!r} and features {meta['feature_names']} "
+            f"{model_path}: trained for task {cfg.task!r} on features {cfg.feature_names}, "
+            f"but {META_PATH} has task {meta.task!r} and features {meta.feature_names} "
             "(re-run the train stage)"
         )
 

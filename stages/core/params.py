@@ -17,8 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from stages.core.contracts import PARAMS_PATH
 from stages.core.errors import ParamsError
 
-
-
 # ------------------------------------------------------------------------------------ options
 # Each option's values are declared here and nowhere else: pydantic checks params against the
 # Literal, error texts list `allowed(...)`, and the dispatch dicts elsewhere are keyed by it,

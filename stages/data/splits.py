@@ -15,9 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.core.contracts import DATA_DIR, SPLITS, split_path
+from stages.core.contracts import DATA_DIR, SPLITS, Meta, load_meta, split_path
 from stages.core.errors import DataError, first_line
-from stages.core.io import atomic_path, read_json
+from stages.core.io import atomic_path
 
 
 def _split_counts(n: int, split: Any) -> tuple[int, int, int]:
@@ -80,14 +80,6 @@ class Split:
     y: np.ndarray
 
 
-def load_meta(data_dir: str | Path = DATA_DIR) -> dict[str, Any]:
-    meta = read_json(Path(data_dir) / "meta.json")
-    for key in ("task", "feature_names", "target"):
-        if key not in meta:
-            raise DataError(f"{Path(data_dir) / 'meta.json'}: missing key {key!r} (re-run the generate stage)")
-    return meta
-
-
 def read_split_frame(name: str, data_dir: str | Path = DATA_DIR) -> pd.DataFrame:
     """One split as a DataFrame with the file's own columns and dtypes (what pd.read_parquet
     gives: validate checks whatever is there), read one column at a time.
@@ -112,18 +104,18 @@ def read_split_frame(name: str, data_dir: str | Path = DATA_DIR) -> pd.DataFrame
     return frame
 
 
-def frame_to_split(df: pd.DataFrame, meta: dict[str, Any], where: str = "data") -> Split:
+def frame_to_split(df: pd.DataFrame, meta: Meta, where: str = "data") -> Split:
     """Columns in meta's order, as arrays; a missing column is a DataError naming it."""
-    cols = list(meta["feature_names"])
-    missing = [c for c in [*cols, meta["target"]] if c not in df.columns]
+    cols = list(meta.feature_names)
+    missing = [c for c in [*cols, meta.target] if c not in df.columns]
     if missing:
         raise DataError(f"{where}: missing column(s) {', '.join(missing)}")
     x = df[cols].to_numpy(np.float32)
-    y_dtype = np.int64 if meta["task"] == "classification" else np.float32
-    return Split(x=x, y=df[meta["target"]].to_numpy(y_dtype))
+    y_dtype = np.int64 if meta.task == "classification" else np.float32
+    return Split(x=x, y=df[meta.target].to_numpy(y_dtype))
 
 
-def read_split(name: str, meta: dict[str, Any], data_dir: str | Path = DATA_DIR) -> Split:
+def read_split(name: str, meta: Meta, data_dir: str | Path = DATA_DIR) -> Split:
     """One split as arrays (what frame_to_split(read_split_frame(...)) gives), read one column of
     one row group at a time straight into them.
 
@@ -133,8 +125,8 @@ def read_split(name: str, meta: dict[str, Any], data_dir: str | Path = DATA_DIR)
     path = split_path(name, data_dir)
     if not path.exists():
         raise DataError(f"{path}: file not found (run the generate stage first)")
-    cols, target = [*meta["feature_names"]], meta["target"]
-    y_dtype = np.int64 if meta["task"] == "classification" else np.float32
+    cols, target = [*meta.feature_names], meta.target
+    y_dtype = np.int64 if meta.task == "classification" else np.float32
     try:
         f = pq.ParquetFile(path)
         missing = [c for c in [*cols, target] if c not in f.schema_arrow.names]
@@ -161,7 +153,7 @@ def read_split(name: str, meta: dict[str, Any], data_dir: str | Path = DATA_DIR)
     return Split(x=x, y=y)
 
 
-def load_splits(data_dir: str | Path = DATA_DIR, meta: dict[str, Any] | None = None,
+def load_splits(data_dir: str | Path = DATA_DIR, meta: Meta | None = None,
                 names: tuple[str, ...] = SPLITS) -> dict[str, Split]:
     """The splits `names` (default all three) as arrays, in meta.json's column order."""
     meta = meta if meta is not None else load_meta(data_dir)

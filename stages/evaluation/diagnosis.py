@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from stages.core.contracts import Meta
 from stages.core.params import JUDGED_LOSS, LOSS_LABEL, EvaluateParams
 
 TINY = 1e-12
@@ -198,7 +199,7 @@ def judge_curve(params: EvaluateParams, curve: dict[str, Any] | None, restored_b
 
 
 def fit_diagnosis(params: EvaluateParams, metrics: dict[str, Any], history: list[dict[str, Any]],
-                  meta: dict[str, Any], *, restored_best: bool | None = None) -> dict[str, Any]:
+                  meta: Meta, *, restored_best: bool | None = None) -> dict[str, Any]:
     """The verdict with its reasons, remedies, notes and the numbers it used.
 
     `metrics` holds per-split metrics ("train", "val") and the constant baseline's
@@ -206,9 +207,9 @@ def fit_diagnosis(params: EvaluateParams, metrics: dict[str, Any], history: list
     `history` is the trainer's per-epoch records (may be empty). `restored_best` says whether
     early stopping restored the best epoch's weights (None: inferred from the curve).
     """
-    task = meta["task"]
+    task = meta.task
     loss = JUDGED_LOSS[task]
-    irreducible = ((meta.get("ground_truth") or {}).get("irreducible")) or {}
+    irreducible = ((meta.ground_truth or {}).get("irreducible")) or {}
     noise_floor = float(irreducible[loss]) if irreducible.get(loss) is not None else None
     curve = read_curve(history)
     if curve is not None and restored_best is None:

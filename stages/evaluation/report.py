@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stages.core.contracts import SPLITS
+from stages.core.contracts import SPLITS, Meta
 from stages.core.params import LOSS_LABEL
 
 if TYPE_CHECKING:  # torch is imported where a model is run: the stage's error paths stay light
@@ -35,8 +35,8 @@ def _csv(header: list[str], rows: list[tuple[Any, ...]]) -> str:
     return buf.getvalue()
 
 
-def class_labels(meta: dict[str, Any]) -> list[str]:
-    return [str(c) for c in meta["classes"]]
+def class_labels(meta: Meta) -> list[str]:
+    return [str(c) for c in meta.classes]
 
 
 def quantile_bins(actual: np.ndarray, predicted: np.ndarray, k: int = REGRESSION_BINS) -> tuple[list[str], list[str]]:
@@ -46,7 +46,7 @@ def quantile_bins(actual: np.ndarray, predicted: np.ndarray, k: int = REGRESSION
     return [name[i] for i in np.digitize(actual, edges)], [name[i] for i in np.digitize(predicted, edges)]
 
 
-def plot_tables(task: str, y: np.ndarray, out: np.ndarray, meta: dict[str, Any], limit: int) -> tuple[str, str]:
+def plot_tables(task: str, y: np.ndarray, out: np.ndarray, meta: Meta, limit: int) -> tuple[str, str]:
     """reports/predictions.csv (actual, predicted) and reports/confusion.csv (actual, predicted
     categories) for a sample of test rows. Classification: class labels in both. Regression:
     values in the first, quantile bins of the actual values in the second."""
@@ -70,10 +70,10 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
-def fit_report(report: dict[str, Any], meta: dict[str, Any]) -> str:
+def fit_report(report: dict[str, Any], meta: Meta) -> str:
     """reports/fit.md: the verdict, why, what to do, and the test metrics against the yardsticks."""
     fit, task = report["fit"], report["task"]
-    source = f"{meta.get('kind')} (synthetic)" if meta.get("source") == "synthetic" else "user file"
+    source = f"{meta.kind} (synthetic)" if meta.source == "synthetic" else "user file"
     lines = [f"# Fit diagnosis: **{fit['verdict']}**", "",
              f"Task: {task}, data: {source}. Loss judged: {LOSS_LABEL[fit['loss']]} on whole splits.", "",
              "## Why", "", *[f"- {r}" for r in fit["reasons"]], ""]

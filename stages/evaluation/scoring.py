@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stages.core.contracts import SPLITS
+from stages.core.contracts import SPLITS, Meta
 from stages.core.errors import DataError
 from stages.core.params import EvaluateParams
 from stages.data.splits import Split
@@ -41,11 +41,11 @@ def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def score_outputs(params: EvaluateParams, outputs: dict[str, np.ndarray], splits: dict[str, Split],
-                  meta: dict[str, Any], history: list[dict[str, Any]], *,
+                  meta: Meta, history: list[dict[str, Any]], *,
                   restored_best: bool | None = None) -> dict[str, Any]:
     """eval.json from model outputs per split: metrics, baseline, noise floor and the fit."""
-    task = meta["task"]
-    n_classes = len(meta["classes"]) if task == "classification" else None
+    task = meta.task
+    n_classes = len(meta.classes) if task == "classification" else None
     for name in ("train", "val"):
         if name not in outputs:
             raise DataError(f"evaluate: split {name!r} is needed for the fit diagnosis")
@@ -58,20 +58,20 @@ def score_outputs(params: EvaluateParams, outputs: dict[str, np.ndarray], splits
         report[name] = {**compute_metrics(task, splits[name].y, out, n_classes), "n": int(len(out))}
     y_train = splits["train"].y
     report["baseline"] = {name: baseline_metrics(task, y_train, splits[name].y, n_classes) for name in names}
-    truth = meta.get("ground_truth")
+    truth = meta.ground_truth
     report["irreducible"] = truth.get("irreducible") if truth else None
     report["fit"] = fit_diagnosis(params, report, history, meta, restored_best=restored_best)
     return report
 
 
-def evaluate_splits(params: EvaluateParams, model: nn.Module, splits: dict[str, Split], meta: dict[str, Any],
+def evaluate_splits(params: EvaluateParams, model: nn.Module, splits: dict[str, Split], meta: Meta,
         history: list[dict[str, Any]], *, restored_best: bool | None = None) -> Evaluation:
     outputs = {name: predict(model, split.x) for name, split in splits.items()}
     report = score_outputs(params, outputs, splits, meta, history, restored_best=restored_best)
     return Evaluation(report=report, outputs=outputs)
 
 
-def evaluate_model(params: EvaluateParams, model: nn.Module, splits: dict[str, Split], meta: dict[str, Any],
+def evaluate_model(params: EvaluateParams, model: nn.Module, splits: dict[str, Split], meta: Meta,
                    history: list[dict[str, Any]], *, restored_best: bool | None = None) -> dict[str, Any]:
     """The whole content of metrics/eval.json for an in-memory model; writes nothing.
 

@@ -33,7 +33,7 @@ import onnx
 import torch
 from torch import nn
 
-from stages.core.contracts import INT8_NAME, MODELS_DIR, ONNX_NAME
+from stages.core.contracts import INT8_NAME, MODELS_DIR, ONNX_NAME, ModelConfig
 from stages.core.errors import DataError, ExportError, first_line
 from stages.core.io import atomic_path
 from stages.core.params import ExportParams
@@ -73,23 +73,23 @@ class ServingModel(nn.Module):
         return proba, torch.argmax(proba, dim=-1)
 
 
-def model_metadata(cfg: dict[str, Any]) -> dict[str, Any]:
+def model_metadata(cfg: ModelConfig) -> dict[str, Any]:
     """What predict needs to serve the model, stored in the ONNX file."""
     return {
-        "task": cfg["task"],
-        "feature_names": list(cfg["feature_names"]),
-        "target": cfg["target"],
-        "classes": list(cfg["classes"]) if cfg.get("classes") is not None else None,
-        "model": cfg.get("model"),
+        "task": cfg.task,
+        "feature_names": list(cfg.feature_names),
+        "target": cfg.target,
+        "classes": list(cfg.classes) if cfg.classes is not None else None,
+        "model": cfg.model,
     }
 
 
-def export_onnx(model: nn.Module, cfg: dict[str, Any], dest: Path, opset: int) -> None:
+def export_onnx(model: nn.Module, cfg: ModelConfig, dest: Path, opset: int) -> None:
     """Write `model` (eval mode, CPU) to `dest` as a single-file ONNX model and check it."""
-    task = cfg["task"]
+    task = cfg.task
     serving = ServingModel(model, task).eval()
     # batch 2, not 1: torch.export specialises sizes 0 and 1 instead of keeping them symbolic
-    example = torch.zeros((2, int(cfg["n_features"])), dtype=torch.float32)
+    example = torch.zeros((2, int(cfg.n_features)), dtype=torch.float32)
     outputs = REGRESSION_OUTPUTS if task == "regression" else CLASSIFICATION_OUTPUTS
     try:
         with warnings.catch_warnings():
@@ -218,11 +218,11 @@ def latency(model: nn.Module, fp32: Path, int8: Path, x: np.ndarray, repeats: in
 
 
 def export_model(
-    params: ExportParams, model: nn.Module, cfg: dict[str, Any], splits: dict[str, Split], out_dir: Path = MODELS_DIR
+    params: ExportParams, model: nn.Module, cfg: ModelConfig, splits: dict[str, Split], out_dir: Path = MODELS_DIR
 ) -> dict[str, Any]:
     """Export, check and quantise `model`; write out_dir/model.onnx and model.int8.onnx only
     when every check passed; return the metrics for metrics/export.json."""
-    task, test = cfg["task"], splits["test"]
+    task, test = cfg.task, splits["test"]
     if len(test.y) == 0:
         raise DataError("test split: no rows to check the exported model on")
     model = model.to("cpu").eval()

@@ -31,6 +31,7 @@ from stages.core.contracts import (
     SPLITS,
     SWEEP_LEADERBOARD_PATH,
     VALIDATION_REPORT_PATH,
+    Meta,
     split_path,
 )
 from stages.core.errors import DataError, FitlineError, ParamsError
@@ -141,7 +142,7 @@ def _scalars(metrics: dict[str, Any], task: str) -> dict[str, Any]:
 
 
 def run_trial(train: TrainParams, evaluate: EvaluateParams, splits: dict[str, Split],
-              meta: dict[str, Any]) -> dict[str, Any]:
+              meta: Meta) -> dict[str, Any]:
     """Train and evaluate one configuration; a small JSON-able summary (no model).
 
     An expected failure (a diverging run, a device that is not here) is a result with
@@ -151,7 +152,7 @@ def run_trial(train: TrainParams, evaluate: EvaluateParams, splits: dict[str, Sp
     from stages.evaluation.scoring import evaluate_model
     from stages.training.loop import train_model
 
-    task = meta["task"]
+    task = meta.task
     summary: dict[str, Any] = {"status": "ok", "error": None, "task": task, "loss": JUDGED_LOSS[task]}
     try:
         result = train_model(train, splits, meta)

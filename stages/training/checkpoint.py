@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from stages.core.code import TRAINING_CODE, code_digest
-from stages.core.contracts import CHECKPOINT_NAME
+from stages.core.contracts import CHECKPOINT_NAME, ModelConfig
 from stages.core.io import atomic_path, write_text
 from stages.core.params import TrainParams
 from stages.data.splits import Split
@@ -32,10 +32,10 @@ from stages.training.early_stopping import EarlyStopping
 log = logging.getLogger(__name__)
 
 
-def run_fingerprint(p: TrainParams, splits: dict[str, Split], cfg: dict[str, Any], device: torch.device) -> str:
+def run_fingerprint(p: TrainParams, splits: dict[str, Split], cfg: ModelConfig, device: torch.device) -> str:
     """Hash of everything a run's result depends on: params, data, code, device, torch version."""
     h = hashlib.sha256()
-    head = {"params": p.model_dump(mode="json", exclude={"checkpoint_every"}), "config": cfg,
+    head = {"params": p.model_dump(mode="json", exclude={"checkpoint_every"}), "config": cfg.to_dict(),
             "device": device.type, "torch": torch.__version__, "world": distributed.current().size}
     h.update(json.dumps(head, sort_keys=True).encode())
     for name in ("train", "val"):

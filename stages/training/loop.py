@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stages.core.contracts import CHECKPOINT_NAME
+from stages.core.contracts import CHECKPOINT_NAME, META_PATH, Meta, ModelConfig
 from stages.core.errors import DataError, ParamsError, TrainingDiverged
 from stages.core.params import TrainParams
 from stages.data.splits import Split
@@ -46,7 +46,7 @@ EVAL_CHUNK = 65536  # rows per forward pass when evaluating a whole split
 @dataclass
 class TrainResult:
     model: nn.Module  # on CPU, eval mode, best weights restored (when early stopping is on)
-    config: dict[str, Any]
+    config: ModelConfig
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -61,27 +61,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_config(p: TrainParams, meta: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-able model description saved with the weights."""
-    task = meta["task"]
-    classes = meta.get("classes") if task == "classification" else None
+def model_config(p: TrainParams, meta: Meta) -> ModelConfig:
+    """The model description saved with the weights."""
+    task = meta.task
+    classes = meta.classes if task == "classification" else None
     if task == "classification" and not classes:
-        raise DataError("data/meta.json: task is classification but 'classes' is empty")
-    return {
-        "task": task,
-        "feature_names": list(meta["feature_names"]),
-        "target": meta["target"],
-        "classes": list(classes) if classes else None,
-        "n_features": len(meta["feature_names"]),
-        "n_outputs": len(classes) if classes else 1,
-        "model": p.model,
-        "hidden": list(p.hidden) if p.model == "mlp" else [],
-        "activation": p.activation,
-        "dropout": p.dropout if p.model == "mlp" else 0.0,
-        "scaling": p.scaling,
-        "loss": resolve_loss(p.loss, task),
-        "huber_delta": p.huber_delta,
-    }
+        raise DataError(f"{META_PATH}: task is classification but 'classes' is empty")
+    return ModelConfig(
+        task=task,
+        feature_names=list(meta.feature_names),
+        target=meta.target,
+        classes=list(classes) if classes else None,
+        n_features=len(meta.feature_names),
+        n_outputs=len(classes) if classes else 1,
+        model=p.model,
+        hidden=list(p.hidden) if p.model == "mlp" else [],
+        activation=p.activation,
+        dropout=p.dropout if p.model == "mlp" else 0.0,
+        scaling=p.scaling,
+        loss=resolve_loss(p.loss, task),
+        huber_delta=p.huber_delta,
+    )
 
 
 def _on_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -90,24 +90,24 @@ def _on_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(a).to(device) if a.flags.writeable else torch.tensor(a, device=device)
 
 
-def check_splits(splits: dict[str, Split], cfg: dict[str, Any]) -> None:
+def check_splits(splits: dict[str, Split], cfg: ModelConfig) -> None:
     """Shapes, finiteness and label range: a bad split is a DataError, not a NaN loss later."""
     for name in ("train", "val"):
         if name not in splits:
             raise DataError(f"data/{name}.parquet: split {name!r} missing")
         s = splits[name]
-        if s.x.ndim != 2 or s.x.shape[1] != cfg["n_features"] or len(s.x) == 0 or len(s.y) != len(s.x):
+        if s.x.ndim != 2 or s.x.shape[1] != cfg.n_features or len(s.x) == 0 or len(s.y) != len(s.x):
             raise DataError(
                 f"data/{name}.parquet: features of shape {s.x.shape} with {len(s.y)} targets; "
-                f"expected rows x {cfg['n_features']} and one target per row"
+                f"expected rows x {cfg.n_features} and one target per row"
             )
         if not np.isfinite(s.x).all():
             raise DataError(f"data/{name}.parquet: {int((~np.isfinite(s.x)).sum())} missing or infinite feature values")
-        if cfg["task"] == "regression" and not np.isfinite(s.y).all():
+        if cfg.task == "regression" and not np.isfinite(s.y).all():
             raise DataError(f"data/{name}.parquet: {int((~np.isfinite(s.y)).sum())} missing or infinite targets")
-        if cfg["task"] == "classification" and (s.y.min() < 0 or s.y.max() >= cfg["n_outputs"]):
+        if cfg.task == "classification" and (s.y.min() < 0 or s.y.max() >= cfg.n_outputs):
             raise DataError(
-                f"data/{name}.parquet: class labels outside 0..{cfg['n_outputs'] - 1} "
+                f"data/{name}.parquet: class labels outside 0..{cfg.n_outputs - 1} "
                 f"(found {int(s.y.min())}..{int(s.y.max())})"
             )
 
@@ -131,7 +131,7 @@ class TrainingSetup:
 
     params: TrainParams
     device: torch.device
-    cfg: dict[str, Any]  # model_config
+    cfg: ModelConfig  # model_config
     precision: str  # "bf16" (CUDA autocast) or "fp32"
     autocast: Callable[[], Any]  # the training forward's context
     gens: dict[str, torch.Generator]  # "cpu": init, then the epochs' permutations; "dropout" if any
@@ -149,7 +149,7 @@ class TrainingSetup:
     sharded: distributed.ShardedTraining  # this rank's part (alone: every row)
 
 
-def setup_training(p: TrainParams, splits: dict[str, Split], meta: dict[str, Any]) -> TrainingSetup:
+def setup_training(p: TrainParams, splits: dict[str, Split], meta: Meta) -> TrainingSetup:
     """Check the inputs and build the model, the data on the device and the objective."""
     device = resolve_device(p.device)
     cfg = model_config(p, meta)
@@ -180,7 +180,7 @@ def _precision(p: TrainParams, device: torch.device) -> tuple[str, Callable[[], 
     return "fp32", contextlib.nullcontext
 
 
-def _seeded_model(p: TrainParams, cfg: dict[str, Any], train: Split,
+def _seeded_model(p: TrainParams, cfg: ModelConfig, train: Split,
                   device: torch.device) -> tuple[nn.Module, dict[str, torch.Generator]]:
     """The initial model, scaled on the train split, on `device`; and the run's generators."""
     # local generators, never torch's global RNG: threads of a sweep must not share one
@@ -188,22 +188,22 @@ def _seeded_model(p: TrainParams, cfg: dict[str, Any], train: Split,
     model = build_model(cfg, generator=gens["cpu"])
     fit_scaling(model, train.x, train.y, p.scaling)
     model.to(device)
-    if cfg["dropout"] > 0:
+    if cfg.dropout > 0:
         gens["dropout"] = torch.Generator(device=device).manual_seed(p.seed + 1)
         set_dropout_generator(model, gens["dropout"])
     return model, gens
 
 
-def _objective(p: TrainParams, cfg: dict[str, Any], model: nn.Module,
+def _objective(p: TrainParams, cfg: ModelConfig, model: nn.Module,
                y_train: torch.Tensor) -> tuple[torch.Tensor, optim.LossFn, optim.LossFn]:
     """(target to fit, loss on it, loss in the target's units)."""
-    eval_loss_fn = make_loss(cfg["loss"], p.huber_delta)
-    if cfg["task"] != "regression":
+    eval_loss_fn = make_loss(cfg.loss, p.huber_delta)
+    if cfg.task != "regression":
         return y_train, eval_loss_fn, eval_loss_fn
     # the optimiser works on the standardised target; the objective is the same up to
     # the factor y_std² (Huber too, with delta scaled alike), so lr means the same for any units
     y_mean, y_std = model.y_mean.item(), model.y_std.item()
-    return (y_train - y_mean) / y_std, make_loss(cfg["loss"], p.huber_delta / y_std), eval_loss_fn
+    return (y_train - y_mean) / y_std, make_loss(cfg.loss, p.huber_delta / y_std), eval_loss_fn
 
 
 # ---------------------------------------------------------------------------------- an epoch
@@ -267,7 +267,7 @@ def _optimizer_steps(s: TrainingSetup, xs: torch.Tensor, ys: torch.Tensor) -> No
 def train_model(
     params: TrainParams,
     splits: dict[str, Split],
-    meta: dict[str, Any],
+    meta: Meta,
     *,
     checkpoint_dir: Path | None = None,
     live: Any = None,
@@ -337,13 +337,13 @@ def _finish(s: TrainingSetup, state: RunState, start: int, stopped: bool) -> Tra
         "samples_per_second": round(n * state.epoch / state.elapsed, 1) if state.elapsed > 0 else None,
         "device": s.device.type,
         "precision": s.precision,
-        "loss": s.cfg["loss"],
+        "loss": s.cfg.loss,
         "n_train": n,
         "n_val": len(s.x_val),
         "resumed_from_epoch": start,
         "world_size": s.sharded.world.size,
     }
     log.info("trained %d epochs in %.1f s: train %s %.4g, val %.4g (best %.4g at epoch %d)",
-             state.epoch, state.elapsed, s.cfg["loss"], final["train_loss"], final["val_loss"],
+             state.epoch, state.elapsed, s.cfg.loss, final["train_loss"], final["val_loss"],
              stopper.best_loss, stopper.best_epoch)
     return TrainResult(model=s.model, config=s.cfg, metrics=metrics, history=state.history)

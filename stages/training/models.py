@@ -7,8 +7,8 @@ uses the model passes raw features. For regression the target is standardised th
 and `forward` maps back: it returns predictions in the target's own units, shape (N,).
 For classification `forward` returns logits (N, K).
 
-The model is described by a plain JSON-able config dict (see `model_config`), saved beside
-the weights; `build_model(cfg)` rebuilds the same architecture from it.
+The model is described by a typed config (stages.core.contracts.ModelConfig), saved beside
+the weights as a plain dict; `build_model(cfg)` rebuilds the same architecture from it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stages.core.contracts import ModelConfig
 from stages.core.errors import DataError, first_line
 from stages.core.io import atomic_path
 
@@ -63,22 +64,22 @@ def set_dropout_generator(model: nn.Module, generator: torch.Generator | None) -
 class FitlineModel(nn.Module):
     """Standardise -> network -> (regression) de-standardise."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.task = cfg["task"]
-        n_in, n_out = int(cfg["n_features"]), int(cfg["n_outputs"])
+        self.task = cfg.task
+        n_in, n_out = int(cfg.n_features), int(cfg.n_outputs)
         self.register_buffer("x_mean", torch.zeros(n_in))
         self.register_buffer("x_std", torch.ones(n_in))
         if self.task == "regression":
             self.register_buffer("y_mean", torch.zeros(()))
             self.register_buffer("y_std", torch.ones(()))
         layers: list[nn.Module] = []
-        if cfg["model"] == "mlp":
-            act = ACTIVATIONS[cfg["activation"]]
-            for width in cfg["hidden"]:
+        if cfg.model == "mlp":
+            act = ACTIVATIONS[cfg.activation]
+            for width in cfg.hidden:
                 layers += [nn.Linear(n_in, int(width)), act()]
-                if cfg["dropout"] > 0:
-                    layers.append(SeededDropout(float(cfg["dropout"])))
+                if cfg.dropout > 0:
+                    layers.append(SeededDropout(float(cfg.dropout)))
                 n_in = int(width)
         layers.append(nn.Linear(n_in, n_out))
         self.net = nn.Sequential(*layers)
@@ -93,15 +94,15 @@ class FitlineModel(nn.Module):
         return z * self.y_std + self.y_mean if self.task == "regression" else z
 
 
-def build_model(cfg: dict[str, Any], *, generator: torch.Generator | None = None) -> nn.Module:
+def build_model(cfg: ModelConfig, *, generator: torch.Generator | None = None) -> nn.Module:
     """The model `cfg` describes, freshly initialised (from `generator` when given)."""
-    if cfg.get("model") not in MODELS:
-        raise ValueError(f"model: unknown model {cfg.get('model')!r} (allowed: {', '.join(MODELS)})")
-    if cfg.get("task") not in TASKS:
-        raise ValueError(f"model: unknown task {cfg.get('task')!r} (allowed: {', '.join(TASKS)})")
-    if cfg["model"] == "mlp" and cfg.get("activation") not in ACTIVATIONS:
+    if cfg.model not in MODELS:
+        raise ValueError(f"model: unknown model {cfg.model!r} (allowed: {', '.join(MODELS)})")
+    if cfg.task not in TASKS:
+        raise ValueError(f"model: unknown task {cfg.task!r} (allowed: {', '.join(TASKS)})")
+    if cfg.model == "mlp" and cfg.activation not in ACTIVATIONS:
         raise ValueError(
-            f"model: unknown activation {cfg.get('activation')!r} (allowed: {', '.join(ACTIVATIONS)})"
+            f"model: unknown activation {cfg.activation!r} (allowed: {', '.join(ACTIVATIONS)})"
         )
     model = FitlineModel(cfg)
     init_weights(model, cfg, generator)
@@ -109,17 +110,17 @@ def build_model(cfg: dict[str, Any], *, generator: torch.Generator | None = None
 
 
 @torch.no_grad()
-def init_weights(model: nn.Module, cfg: dict[str, Any], generator: torch.Generator | None) -> None:
+def init_weights(model: nn.Module, cfg: ModelConfig, generator: torch.Generator | None) -> None:
     """He init before ReLU/GELU, Xavier before tanh and on the output layer; zero biases.
 
     A linear model is convex: it starts from zero, which also makes full-batch GD a clean
     check against least squares.
     """
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    gain = nn.init.calculate_gain("tanh") if cfg.get("activation") == "tanh" else math.sqrt(2.0)
+    gain = nn.init.calculate_gain("tanh") if cfg.activation == "tanh" else math.sqrt(2.0)
     for i, layer in enumerate(linears):
         nn.init.zeros_(layer.bias)
-        if cfg["model"] == "linear":
+        if cfg.model == "linear":
             nn.init.zeros_(layer.weight)
         elif i < len(linears) - 1:
             fan_in = layer.weight.shape[1]
@@ -183,13 +184,13 @@ def weight_tensors(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.ndim >= 2]
 
 
-def save_model(path: str | Path, model: nn.Module, cfg: dict[str, Any]) -> None:
+def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig) -> None:
     """torch.save {"state_dict", "config"} atomically; loads with torch.load(weights_only=True)."""
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         # a file object, not the path: torch names the archive's inner folder after the file,
         # and the temporary name is random; this way the same model gives the same bytes
-        torch.save({"state_dict": state, "config": cfg}, f)
+        torch.save({"state_dict": state, "config": cfg.to_dict()}, f)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -205,7 +206,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         raise DataError(f"{path}: not a readable model file ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or not {"state_dict", "config"} <= blob.keys():
         raise DataError(f"{path}: not a fitline model file (expected keys state_dict and config)")
-    cfg = blob["config"]
+    cfg = ModelConfig.from_dict(blob["config"], path)
     try:
         model = build_model(cfg)
         model.load_state_dict(blob["state_dict"])

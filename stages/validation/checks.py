@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stages.core.contracts import Meta
+
 # GX reads this when it is imported; there is no network here and no analytics wanted anywhere
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -33,13 +35,13 @@ def leakage_detail(hashes: dict[str, np.ndarray]) -> str:
     return "; ".join(shared)
 
 
-def class_balance_failures(frames: dict[str, pd.DataFrame], meta: dict[str, Any], tol: float) -> list[dict[str, Any]]:
+def class_balance_failures(frames: dict[str, pd.DataFrame], meta: Meta, tol: float) -> list[dict[str, Any]]:
     """Each class's share of val and test within `tol` of its share of train.
 
     generate stratifies splits on the label, so shares agree up to rounding; one row's worth
     (1 / rows) is added to the tolerance so tiny splits do not fail on rounding alone.
     """
-    target, k = meta["target"], len(meta["classes"])
+    target, k = meta.target, len(meta.classes)
 
     def shares(frame: pd.DataFrame) -> np.ndarray | None:
         if target not in frame.columns or not is_numeric(frame[target]):

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stages.core.contracts import Meta
+
 # GX reads this when it is imported; there is no network here and no analytics wanted anywhere
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -93,9 +95,9 @@ def column_reference(series: pd.Series | None, quantile: float, margin: float,
     return ColumnReference(float(q_lo - width), float(q_hi + width), "train", mean, std, kurt, n)
 
 
-def reference_stats(params: ValidateParams, train: pd.DataFrame, meta: dict[str, Any]) -> dict[str, ColumnReference]:
+def reference_stats(params: ValidateParams, train: pd.DataFrame, meta: Meta) -> dict[str, ColumnReference]:
     """A ColumnReference for every feature, and for a regression target (its range)."""
-    features = list(meta["feature_names"])
+    features = list(meta.feature_names)
     unknown = sorted(set(params.feature_bounds or {}) - set(features))
     if unknown:
         raise ParamsError(
@@ -103,8 +105,8 @@ def reference_stats(params: ValidateParams, train: pd.DataFrame, meta: dict[str,
             f"(features: {', '.join(features)})"
         )
     columns = {c: (params.feature_bounds or {}).get(c) for c in features}
-    if meta["task"] == "regression":
-        columns[meta["target"]] = params.target_bounds
+    if meta.task == "regression":
+        columns[meta.target] = params.target_bounds
     return {
         col: column_reference(train[col] if col in train.columns else None,
                               params.bounds_quantile, params.bounds_margin, bounds)
@@ -147,13 +149,13 @@ def drift_expectations(col: str, ref: ColumnReference, n_split: int, params: Val
     ]
 
 
-def split_expectations(split: str, frame: pd.DataFrame, meta: dict[str, Any], params: ValidateParams,
+def split_expectations(split: str, frame: pd.DataFrame, meta: Meta, params: ValidateParams,
                        refs: dict[str, ColumnReference]) -> list[Any]:
     """The suite for one split. Column checks go only on columns that exist with a numeric dtype:
     a missing or string column is reported once, by `schema` or `dtype`, not by every check."""
-    features, target = list(meta["feature_names"]), meta["target"]
-    classification = meta["task"] == "classification"
-    expected_rows = int(meta["rows"][split])
+    features, target = list(meta.feature_names), meta.target
+    classification = meta.task == "classification"
+    expected_rows = int(meta.rows[split])
     suite: list[Any] = [
         gxe.ExpectTableColumnsToMatchOrderedList(
             column_list=[*features, target],
@@ -185,7 +187,7 @@ def split_expectations(split: str, frame: pd.DataFrame, meta: dict[str, Any], pa
         if split != "train" and col in features and ref is not None:
             suite.extend(drift_expectations(col, ref, len(frame), params))
     if classification and target in frame.columns and is_numeric(frame[target]):
-        classes = list(range(len(meta["classes"])))
+        classes = list(range(len(meta.classes)))
         suite.append(gxe.ExpectColumnValuesToBeInSet(
             column=target, value_set=classes,
             meta=_meta("labels", f"labels in the class set {classes}")))

@@ -10,9 +10,9 @@ import yaml
 
 from stages.core import contracts
 from stages.core.errors import DataError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, model_config
 
-META = {"task": "regression", "feature_names": ["a", "b"], "target": "y"}
+META = contracts.Meta(task="regression", feature_names=["a", "b"], target="y")
 
 
 def _outs(stage: dict) -> list[str]:
@@ -43,14 +43,14 @@ def test_metrics_files_are_the_stages_metrics_outputs():
     ({"task": "classification", "feature_names": ["a", "b"]}, "task 'classification'"),
     ({"task": "regression", "feature_names": ["a", "c"]}, r"features \['a', 'c'\]"),
     ({"task": "regression", "feature_names": ["b", "a"]}, r"features \['b', 'a'\]"),  # the order counts
-    ({"task": "regression", "feature_names": ["a"]}, r"features \['a'\]"),
-    ({}, "task None"),
+    ({"task": "regression", "feature_names": ["a"], "n_features": 1}, r"features \['a'\]"),
 ])
 def test_a_model_for_other_data_is_refused_naming_both(cfg, why):
+    cfg = model_config(**cfg)
     with pytest.raises(DataError, match=rf"models/model.pt: trained for .*{why}.*data/meta.json has task 'regression'"
                                         r".*\(re-run the train stage\)"):
         contracts.check_model_fits(cfg, META)
 
 
 def test_a_model_for_this_data_passes():
-    contracts.check_model_fits({"task": "regression", "feature_names": ["a", "b"], "hidden": [4]}, META)
+    contracts.check_model_fits(model_config(feature_names=["a", "b"], n_features=2, hidden=[4]), META)

@@ -12,13 +12,13 @@ from typing import get_args
 
 import pytest
 
+from stages.core.contracts import ModelConfig
 from stages.core.params import Activation, Backend, ModelKind, Quantization, Runner, Scaling, TaskName, allowed
+from tests.conftest import model_config
 
 
-def _model_cfg(**kw) -> dict:
-    cfg = {"task": "regression", "n_features": 3, "n_outputs": 1, "model": "mlp", "activation": "relu",
-           "hidden": [4], "dropout": 0.0}
-    return {**cfg, **kw}
+def _model_cfg(**kw) -> ModelConfig:
+    return model_config(**{"n_features": 3, "hidden": [4], **kw})
 
 
 @pytest.mark.parametrize("model", get_args(ModelKind))

@@ -33,14 +33,14 @@ def test_shapes_dtypes_and_meta(tmp_path, kind):
     meta = generate.run(_params(kind=kind, noise=noise, n_classes=3), tmp_path)
     frames = {s: pd.read_parquet(tmp_path / f"{s}.parquet") for s in contracts.SPLITS}
     assert [len(frames[s]) for s in contracts.SPLITS] == [280, 60, 60]
-    assert meta["rows"] == {"train": 280, "val": 60, "test": 60}
+    assert meta.rows == {"train": 280, "val": 60, "test": 60}
     for df in frames.values():
         assert list(df.columns) == [f"x{i}" for i in range(6)] + ["y"]
         assert all(df[f"x{i}"].dtype == np.float32 for i in range(6))
         assert df["y"].dtype == (np.int64 if kind == "classification" else np.float32)
-    assert meta["feature_names"] == [f"x{i}" for i in range(6)]
-    assert meta["task"] == ("classification" if kind == "classification" else "regression")
-    assert json.loads((tmp_path / "meta.json").read_text()) == meta
+    assert meta.feature_names == [f"x{i}" for i in range(6)]
+    assert meta.task == ("classification" if kind == "classification" else "regression")
+    assert json.loads((tmp_path / "meta.json").read_text()) == meta.to_dict()
 
 
 def test_same_params_give_byte_identical_files_and_seed_changes_them(tmp_path):
@@ -55,7 +55,7 @@ def test_same_params_give_byte_identical_files_and_seed_changes_them(tmp_path):
 def test_chunked_generation_covers_every_row(tmp_path):
     meta = generate.run(_params(kind="linear", n_samples=2345, chunk_rows=1000), tmp_path)
     splits = load_splits(tmp_path)
-    assert sum(len(s.y) for s in splits.values()) == 2345 == sum(meta["rows"].values())
+    assert sum(len(s.y) for s in splits.values()) == 2345 == sum(meta.rows.values())
     # chunks draw from distinct streams: no repeated rows at chunk boundaries
     x = np.concatenate([s.x for s in splits.values()])
     assert len(np.unique(x, axis=0)) == 2345
@@ -66,7 +66,7 @@ def test_least_squares_recovers_true_linear_coefficients(tmp_path):
     s = load_splits(tmp_path)["train"]
     design = np.c_[s.x, np.ones(len(s.x))].astype(np.float64)
     fit, *_ = np.linalg.lstsq(design, s.y.astype(np.float64), rcond=None)
-    truth = meta["ground_truth"]
+    truth = meta.ground_truth
     np.testing.assert_allclose(fit[:-1], truth["coefficients"], atol=0.02)
     assert fit[-1] == pytest.approx(truth["intercept"], abs=0.02)
     assert sum(c != 0 for c in truth["coefficients"]) == 3
@@ -80,7 +80,7 @@ def test_friedman_irreducible_error_is_the_noise_variance(tmp_path):
     meta = generate.run(_params(kind="friedman", n_samples=20000, noise=2.0), tmp_path)
     s = load_splits(tmp_path)["train"]
     resid = s.y - synthetic.friedman1(s.x)
-    assert meta["ground_truth"]["irreducible"]["mse"] == 4.0
+    assert meta.ground_truth["irreducible"]["mse"] == 4.0
     assert np.mean(resid**2) == pytest.approx(4.0, rel=0.05)
 
 
@@ -88,18 +88,18 @@ def test_classification_bayes_accuracy_matches_label_noise(tmp_path):
     # classes far apart: the only error left is the label flips, (K-1)/K of which change the label
     meta = generate.run(_params(kind="classification", n_classes=4, noise=0.2, class_sep=40.0,
                                 n_samples=20000), tmp_path)
-    irr = meta["ground_truth"]["irreducible"]
+    irr = meta.ground_truth["irreducible"]
     assert irr["accuracy"] == pytest.approx(0.8 + 0.2 / 4, abs=1e-6)
     # and the Bayes classifier's accuracy on the data agrees with the recorded value
     s = load_splits(tmp_path)["train"]
-    post = synthetic.class_posterior(s.x, meta["ground_truth"], 0.2)
+    post = synthetic.class_posterior(s.x, meta.ground_truth, 0.2)
     assert np.mean(post.argmax(1) == s.y) == pytest.approx(irr["accuracy"], abs=0.015)
 
 
 def test_classification_splits_are_stratified_and_imbalance_kept(tmp_path):
     meta = generate.run(_params(kind="classification", n_classes=3, noise=0.0,
                                 class_weights=[0.6, 0.3, 0.1], n_samples=3000), tmp_path)
-    counts = {s: np.asarray(c) for s, c in meta["class_counts"].items()}
+    counts = {s: np.asarray(c) for s, c in meta.class_counts.items()}
     total = sum(counts.values())
     assert total / total.sum() == pytest.approx([0.6, 0.3, 0.1], abs=0.03)
     for split, frac in (("train", 0.7), ("val", 0.15), ("test", 0.15)):
@@ -133,19 +133,19 @@ def test_file_ingest_classification_maps_string_labels(tmp_path, suffix):
     path = tmp_path / f"user{suffix}"
     df.to_csv(path, index=False) if suffix == ".csv" else df.to_parquet(path)
     meta = generate.run(DataParams(source="file", path=str(path), target="label"), tmp_path / "out")
-    assert meta["task"] == "classification"
-    assert meta["classes"] == ["cheap", "mid", "pricey"]
-    assert meta["feature_names"] == ["area_sqft", "ratio", "rooms"]
-    assert meta["ground_truth"] is None
+    assert meta.task == "classification"
+    assert meta.classes == ["cheap", "mid", "pricey"]
+    assert meta.feature_names == ["area_sqft", "ratio", "rooms"]
+    assert meta.ground_truth is None
     train = pd.read_parquet(tmp_path / "out/train.parquet")
     assert list(train.columns) == ["area_sqft", "ratio", "rooms", "label"]
     assert set(train["label"]) <= {0, 1, 2}
-    total = sum(meta["rows"].values())
+    total = sum(meta.rows.values())
     assert total == 90
     # labels survive the round trip: index -> name gives back the original counts
     original = df["label"].value_counts().to_dict()
-    ingested = np.sum([meta["class_counts"][s] for s in contracts.SPLITS], axis=0)
-    assert dict(zip(meta["classes"], ingested.tolist())) == original
+    ingested = np.sum([meta.class_counts[s] for s in contracts.SPLITS], axis=0)
+    assert dict(zip(meta.classes, ingested.tolist())) == original
 
 
 @pytest.mark.parametrize("task", ["auto", "classification"])
@@ -163,8 +163,8 @@ def test_file_ingest_regression_inferred(tmp_path):
     path = tmp_path / "user.csv"
     _user_frame().drop(columns="label").to_csv(path, index=False)
     meta = generate.run(DataParams(source="file", path=str(path), target="price"), tmp_path / "out")
-    assert meta["task"] == "regression" and meta["classes"] is None
-    assert meta["target"] == "price"
+    assert meta.task == "regression" and meta.classes is None
+    assert meta.target == "price"
 
 
 def test_file_ingest_records_the_file_hash_and_warns_outside_data_raw(tmp_path, caplog):
@@ -178,10 +178,10 @@ def test_file_ingest_records_the_file_hash_and_warns_outside_data_raw(tmp_path, 
         assert ingest.warn_if_untracked(outside, raw) is True
     assert "outside" in caplog.text and "will not re-run generate" in caplog.text
     meta = generate.run(DataParams(source="file", path=str(inside), target="price"), tmp_path / "out")
-    assert meta["source_sha256"] == hashlib.sha256(inside.read_bytes()).hexdigest()
+    assert meta.source_sha256 == hashlib.sha256(inside.read_bytes()).hexdigest()
     inside.write_text(inside.read_text() + "1000,0.5,2,250000\n")
     assert generate.run(DataParams(source="file", path=str(inside), target="price"),
-                        tmp_path / "out")["source_sha256"] != meta["source_sha256"]
+                        tmp_path / "out").source_sha256 != meta.source_sha256
 
 
 @pytest.mark.parametrize(

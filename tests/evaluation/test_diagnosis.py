@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from stages.core.contracts import Meta
 from stages.core.params import EvaluateParams
 from stages.evaluation.diagnosis import OVERFIT_REMEDIES, UNDERFIT_REMEDIES, fit_diagnosis, read_curve
 
@@ -23,9 +24,9 @@ def reg_metrics(train: float, val: float, base: float = BASE) -> dict:
     }
 
 
-def reg_meta(floor: float | None = 1.0) -> dict:
+def reg_meta(floor: float | None = 1.0) -> Meta:
     truth = None if floor is None else {"irreducible": {"mse": floor}}
-    return {"task": "regression", "ground_truth": truth}
+    return Meta(task="regression", feature_names=["x0"], target="y", ground_truth=truth)
 
 
 def curve(vals: list[float]) -> list[dict]:
@@ -210,9 +211,9 @@ def cls_metrics(train_ll: float, val_ll: float, train_err: float, val_err: float
     }
 
 
-def cls_meta(floor_ll: float | None) -> dict:
+def cls_meta(floor_ll: float | None) -> Meta:
     truth = None if floor_ll is None else {"irreducible": {"log_loss": floor_ll, "error_rate": 0.1, "accuracy": 0.9}}
-    return {"task": "classification", "ground_truth": truth}
+    return Meta(task="classification", feature_names=["x0"], target="y", classes=[0, 1], ground_truth=truth)
 
 
 def test_classification_judges_log_loss_against_its_floor():

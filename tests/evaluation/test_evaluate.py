@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch import nn
 
 from stages import evaluate
 from stages.core import contracts
+from stages.core.contracts import Meta
 from stages.core.errors import DataError
 from stages.core.params import EvaluateParams, parse_params
 from stages.data.splits import Split
@@ -168,8 +170,8 @@ def _linear_splits(noise: float, seed: int = 0) -> dict[str, Split]:
     return out
 
 
-META = {"task": "regression", "classes": None, "feature_names": ["a", "b"], "target": "y",
-        "source": "synthetic", "kind": "linear", "ground_truth": {"irreducible": {"mse": 0.25}}}
+META = Meta.from_dict({"task": "regression", "classes": None, "feature_names": ["a", "b"], "target": "y",
+        "source": "synthetic", "kind": "linear", "ground_truth": {"irreducible": {"mse": 0.25}}})
 HISTORY = [{"epoch": i + 1, "train_loss": 1.0 / (i + 1), "val_loss": 1.1 / (i + 1)} for i in range(10)]
 
 
@@ -194,7 +196,7 @@ def test_evaluate_model_half_the_signal_is_underfit():
 
 def test_evaluate_model_classification():
     rng = np.random.default_rng(0)
-    meta = {**META, "task": "classification", "classes": ["no", "yes"], "ground_truth": None}
+    meta = replace(META, task="classification", classes=["no", "yes"], ground_truth=None)
     splits = {}
     for name in ("train", "val", "test"):
         x = rng.normal(size=(300, 2)).astype(np.float32)
@@ -295,7 +297,8 @@ def one_thread():
 
 def _scenario(raw: dict, tmp_path: Path) -> dict:
     from stages import generate
-    from stages.data.splits import load_meta, load_splits
+    from stages.core.contracts import load_meta
+    from stages.data.splits import load_splits
     from stages.training.loop import train_model
 
     params = parse_params(raw)

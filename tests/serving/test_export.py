@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from stages import generate
-from stages.core.errors import DataError, ExportError
+from stages.core.contracts import ModelConfig
+from stages.core.errors import ExportError
 from stages.core.params import DataParams, ExportParams, TrainParams
 from stages.data.splits import Split, load_splits
 from stages.serving import onnx as onnx_export
@@ -132,10 +133,10 @@ def test_single_file_model_passes_checker_with_dynamic_batch_and_metadata(reques
         (inp,) = proto.graph.input
         assert inp.name == "features"
         dims = inp.type.tensor_type.shape.dim
-        assert dims[0].dim_param and dims[1].dim_value == cfg["n_features"]
+        assert dims[0].dim_param and dims[1].dim_value == cfg.n_features
         info = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
-        assert info["feature_names"] == cfg["feature_names"] and info["task"] == cfg["task"]
-        assert info["target"] == "y" and info["classes"] == cfg["classes"]
+        assert info["feature_names"] == cfg.feature_names and info["task"] == cfg.task
+        assert info["target"] == "y" and info["classes"] == cfg.classes
     outputs = [o.name for o in onnx.load(str(out / "model.onnx")).graph.output]
     assert outputs == (["prediction"] if case == "regression" else ["probabilities", "label"])
 
@@ -203,7 +204,7 @@ def test_quantize_model_modes(regression, tmp_path, mode):
     else:
         onnx.checker.check_model(str(dest), full_check=True)
     m = OnnxModel(dest)  # metadata carried over
-    assert m.feature_names == regression[3]["feature_names"]
+    assert m.feature_names == regression[3].feature_names
     pred = m.run(splits["test"].x)["prediction"]
     ref = OnnxModel(out / "model.onnx").run(splits["test"].x)["prediction"]
     # root-mean-square, not max: static int8 saturates rows outside the calibrated range
@@ -250,8 +251,8 @@ def _scale_sensitive_linear():
     int8 rounds the other weights (and x0's activations) away. The target is the fp32 model's
     own output, so fp32 scores R² = 1 and int8 clearly less."""
     names = [f"x{i}" for i in range(4)]
-    cfg = {"task": "regression", "feature_names": names, "target": "y", "classes": None, "n_features": 4,
-           "n_outputs": 1, "model": "linear", "hidden": [], "activation": "relu", "dropout": 0.0, "scaling": "none"}
+    cfg = ModelConfig.from_dict({"task": "regression", "feature_names": names, "target": "y", "classes": None, "n_features": 4,
+           "n_outputs": 1, "model": "linear", "hidden": [], "activation": "relu", "dropout": 0.0, "scaling": "none"})
     model = build_model(cfg).eval()
     with torch.no_grad():
         model.net[-1].weight.copy_(torch.tensor([[1000.0, 1.0, -1.0, 0.5]]))

@@ -179,14 +179,15 @@ def exported(tmp_path_factory):
     """A classification MLP (untrained, scaled on its data) through the real export stage."""
     import torch
 
+    from stages.core.contracts import ModelConfig
     from stages.core.params import ExportParams
     from stages.data.splits import Split
     from stages.training.models import build_model, fit_scaling
 
     names = ["x0", "x1", "x2", "x3"]
-    cfg = {"task": "classification", "feature_names": names, "target": "y", "classes": [10, 20, 30],
+    cfg = ModelConfig.from_dict({"task": "classification", "feature_names": names, "target": "y", "classes": [10, 20, 30],
            "n_features": 4, "n_outputs": 3, "model": "mlp", "hidden": [8], "activation": "relu",
-           "dropout": 0.0, "scaling": "standard"}
+           "dropout": 0.0, "scaling": "standard"})
     model = build_model(cfg, generator=torch.Generator().manual_seed(0))
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(300, 4)) * [1, 10, 100, 0.1] + 5).astype(np.float32)

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ import pytest
 import torch
 import yaml
 
+from stages.core.contracts import Meta, load_meta
 from stages.core.errors import DataError, ParamsError
 from stages.core.params import DataParams, TrainParams
-from stages.data.splits import frame_to_split, load_meta, load_splits, read_split, read_split_frame
+from stages.data.splits import frame_to_split, load_splits, read_split, read_split_frame
 from stages.generate import run as generate
 from stages.training import distributed
 from stages.training.distributed import (
@@ -31,7 +33,7 @@ from stages.training.distributed import (
 )
 from stages.training.loop import train_model
 from stages.training.models import build_model, load_model
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, model_config, subprocess_env
 
 # Tolerances of a 2-rank run against one process (relative, on the final/best train and val
 # losses; 10x that on every weight): the runs differ only in the order of float32 sums. Adam's
@@ -87,7 +89,7 @@ def test_scaled_rank_gradients_average_to_the_global_batch_gradient() -> None:
     rng = np.random.default_rng(0)
     n, batch, size = 23, 8, 3  # last global batch: 7 rows over 3 ranks
     x, y = torch.tensor(rng.standard_normal((n, 4)), dtype=torch.float32), torch.tensor(rng.standard_normal(n), dtype=torch.float32)
-    cfg = {"task": "regression", "n_features": 4, "n_outputs": 1, "model": "mlp", "hidden": [5], "activation": "tanh", "dropout": 0.0}
+    cfg = model_config(n_features=4, hidden=[5], activation="tanh")
     model = build_model(cfg, generator=torch.Generator().manual_seed(0))
 
     def grad(xb: torch.Tensor, yb: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -109,7 +111,7 @@ def test_eval_blocks_partition_a_split() -> None:
 
 
 def test_single_process_sharded_training_is_the_plain_loop() -> None:
-    cfg = {"task": "regression", "n_features": 2, "n_outputs": 1, "model": "linear", "hidden": [], "activation": "relu", "dropout": 0.0}
+    cfg = model_config(n_features=2, model="linear", hidden=[])
     model = build_model(cfg)
     sharded = ShardedTraining(model, 10, 4, torch.device("cpu"))
     assert sharded.world == distributed.SINGLE and sharded.is_main and sharded.forward == model.raw
@@ -137,13 +139,13 @@ def test_read_split_gives_what_the_dataframe_route_gives(tmp_path: Path, kind: s
         got, want = read_split(name, meta, tmp_path), frame_to_split(read_split_frame(name, tmp_path), meta)
         assert got.x.dtype == want.x.dtype == np.float32 and got.y.dtype == want.y.dtype
         assert np.array_equal(got.x, want.x) and np.array_equal(got.y, want.y)
-    shuffled = {**meta, "feature_names": meta["feature_names"][::-1]}  # meta's column order, not the file's
+    shuffled = replace(meta, feature_names=meta.feature_names[::-1])  # meta's column order, not the file's
     assert np.array_equal(read_split("val", shuffled, tmp_path).x, read_split("val", meta, tmp_path).x[:, ::-1])
     assert list(load_splits(tmp_path, meta, names=("val",))) == ["val"]
 
 
 def test_read_split_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
-    meta = {"task": "classification", "feature_names": ["a", "b"], "target": "label", "classes": [0, 1]}
+    meta = Meta(task="classification", feature_names=["a", "b"], target="label", classes=[0, 1])
     with pytest.raises(DataError, match=r"train\.parquet: file not found"):
         read_split("train", meta, tmp_path)
     pd.DataFrame({"a": [1.0, 2.0], "label": [0, 1]}).to_parquet(tmp_path / "train.parquet")

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from stages.core.contracts import ModelConfig
 from stages.core.errors import DataError
 from stages.training.models import build_model, fit_scaling, load_model, save_model, weight_tensors
+from tests.conftest import model_config
 
 
-def config(**kw) -> dict:
-    cfg = {"task": "regression", "feature_names": ["a", "b", "c"], "target": "y", "classes": None,
-           "n_features": 3, "n_outputs": 1, "model": "mlp", "hidden": [8, 4], "activation": "relu",
-           "dropout": 0.0, "scaling": "standard", "loss": "mse", "huber_delta": 1.0}
-    return {**cfg, **kw}
+def config(**kw) -> ModelConfig:
+    return model_config(**kw)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -29,7 +29,7 @@ def test_output_shapes() -> None:
     assert build_model(config(model="linear"))(x).shape == (5,)
     clf = config(task="classification", classes=[0, 1, 2], n_outputs=3, loss="cross_entropy")
     assert build_model(clf)(x).shape == (5, 3)
-    assert build_model({**clf, "model": "linear"})(x).shape == (5, 3)
+    assert build_model(replace(clf, model="linear"))(x).shape == (5, 3)
 
 
 def test_architecture_follows_config() -> None:
@@ -90,7 +90,7 @@ def test_save_load_round_trip(tmp_path) -> None:
     path = tmp_path / "models" / "model.pt"
     save_model(path, m, cfg)
     blob = torch.load(path, weights_only=True)
-    assert blob["config"] == cfg and set(blob["state_dict"]) == set(m.state_dict())
+    assert blob["config"] == cfg.to_dict() and set(blob["state_dict"]) == set(m.state_dict())
     loaded, loaded_cfg = load_model(path)
     assert loaded_cfg == cfg and not loaded.training
     x = torch.randn(10, 3)
@@ -110,12 +110,12 @@ def test_load_model_errors_name_the_path(tmp_path) -> None:
         load_model(bad)
     torn = tmp_path / "torn.pt"
     buf = io.BytesIO()
-    torch.save({"state_dict": {}, "config": config()}, buf)
+    torch.save({"state_dict": {}, "config": config().to_dict()}, buf)
     torn.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     with pytest.raises(DataError, match=r"torn\.pt: not a readable model file"):
         load_model(torn)
     wrong = tmp_path / "wrong.pt"
-    torch.save({"state_dict": {}, "config": config()}, wrong)
+    torch.save({"state_dict": {}, "config": config().to_dict()}, wrong)
     with pytest.raises(DataError, match=r"wrong\.pt: model does not match its config"):
         load_model(wrong)
     other = tmp_path / "other.pt"

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from stages.core import code
-from stages.core.contracts import CHECKPOINT_NAME
+from stages.core.contracts import CHECKPOINT_NAME, Meta
 from stages.core.errors import DataError, ParamsError, TrainingDiverged
 from stages.core.params import DataParams, TrainParams
 from stages.data.splits import Split
@@ -45,8 +46,8 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def regression_meta(d: int) -> dict:
-    return {"task": "regression", "feature_names": [f"x{i}" for i in range(d)], "target": "y", "classes": None}
+def regression_meta(d: int) -> Meta:
+    return Meta(task="regression", feature_names=[f"x{i}" for i in range(d)], target="y")
 
 
 def linear_splits(n: int, d: int, informative: int, noise: float, seed: int = 0,
@@ -68,17 +69,17 @@ def blob_splits(n: int = 300, k: int = 3, seed: int = 0) -> tuple[dict[str, Spli
     rng = np.random.default_rng(seed)
     y = rng.integers(0, k, n)
     x = (rng.standard_normal((n, 4)) + 3 * np.eye(k, 4)[y]).astype(np.float32)
-    meta = {"task": "classification", "feature_names": list("abcd"), "target": "label", "classes": list(range(k))}
+    meta = Meta(task="classification", feature_names=list("abcd"), target="label", classes=list(range(k)))
     m = int(0.7 * n)
     return {"train": Split(x[:m], y[:m]), "val": Split(x[m:], y[m:])}, meta
 
 
-def initial_loss(p: TrainParams, splits: dict[str, Split], meta: dict) -> float:
+def initial_loss(p: TrainParams, splits: dict[str, Split], meta: Meta) -> float:
     """Train loss of the untrained model train_model starts from (same seed, same scaling)."""
     cfg = model_config(p, meta)
     m = build_model(cfg, generator=torch.Generator().manual_seed(p.seed))
     fit_scaling(m, splits["train"].x, splits["train"].y, p.scaling)
-    return evaluate_loss(m, torch.tensor(splits["train"].x), torch.tensor(splits["train"].y), make_loss(cfg["loss"]))
+    return evaluate_loss(m, torch.tensor(splits["train"].x), torch.tensor(splits["train"].y), make_loss(cfg.loss))
 
 
 def model_bytes(model: torch.nn.Module) -> bytes:
@@ -113,7 +114,7 @@ def test_classification_trains_softmax_logits() -> None:
     splits, meta = blob_splits()
     for model in ("linear", "mlp"):
         r = train_model(small(model=model, optimizer="adam", lr=0.05, epochs=15), splits, meta)
-        assert r.config["loss"] == "cross_entropy" and r.config["n_outputs"] == 3
+        assert r.config.loss == "cross_entropy" and r.config.n_outputs == 3
         logits = r.model(torch.tensor(splits["val"].x))
         assert logits.shape == (len(splits["val"].y), 3)
         assert (logits.argmax(1).numpy() == splits["val"].y).mean() > 0.9
@@ -290,7 +291,7 @@ def test_bad_data_is_a_data_error() -> None:
         train_model(small(), splits, regression_meta(4))
     cls_splits, cls_meta = blob_splits()
     with pytest.raises(DataError, match=r"class labels outside 0..1"):
-        train_model(small(), cls_splits, {**cls_meta, "classes": [0, 1]})
+        train_model(small(), cls_splits, replace(cls_meta, classes=[0, 1]))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when CUDA is missing")
@@ -420,7 +421,7 @@ def test_main_writes_model_metrics_history_and_live_plots(tmp_path: Path, monkey
     monkeypatch.chdir(_stage_dir(tmp_path))
     main()
     model, cfg = load_model("models/model.pt")
-    assert cfg["task"] == "regression" and cfg["feature_names"] == [f"x{i}" for i in range(10)]
+    assert cfg.task == "regression" and cfg.feature_names == [f"x{i}" for i in range(10)]
     blob = torch.load("models/model.pt", weights_only=True)
     assert {"x_mean", "x_std", "y_mean", "y_std"} <= blob["state_dict"].keys()
     metrics = json.loads(Path("metrics/train.json").read_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from stages import generate, validate
-from stages.core.contracts import SPLITS
+from stages.core.contracts import SPLITS, Meta
 from stages.core.errors import DataError, ParamsError, ValidationFailed
 from stages.core.params import DataParams, ValidateParams, parse_params
 from stages.data.splits import read_split_frame
@@ -75,12 +76,12 @@ def test_clean_data_passes_every_check(data: str, request: pytest.FixtureRequest
     assert failed(report) == set()
     assert report["success"] is True and report["failed_checks"] == 0
     assert report["cross_split"]["leakage"]["success"] is True
-    n_features = len(meta["feature_names"])
+    n_features = len(meta.feature_names)
     # schema + 2 row counts; per feature dtype, nulls, range (+ mean, std in val and test)
-    per_target = 4 if meta["task"] == "classification" else 3
+    per_target = 4 if meta.task == "classification" else 3
     assert report["splits"]["train"]["checks"] == 3 + 3 * n_features + per_target
     assert report["splits"]["val"]["checks"] == 3 + 5 * n_features + per_target
-    assert report["splits"]["test"]["rows"] == meta["rows"]["test"]
+    assert report["splits"]["test"]["rows"] == meta.rows["test"]
     json.dumps(report, allow_nan=False)  # the report is plain JSON
 
 
@@ -251,7 +252,7 @@ def test_class_imbalance_fails_class_balance_only(classes: tuple[dict, dict]) ->
 
 
 def test_class_balance_tolerates_one_row_of_rounding() -> None:
-    meta = {"target": "y", "classes": [0, 1]}
+    meta = Meta(task="classification", feature_names=[], target="y", classes=[0, 1])
     train = pd.DataFrame({"y": [0] * 22 + [1] * 20})
     val = pd.DataFrame({"y": [0] * 5 + [1] * 4})  # 0.556 vs 0.524: within 0.05 + 1/9
     shifted = pd.DataFrame({"y": [0] * 7 + [1] * 2})
@@ -293,7 +294,7 @@ def test_unknown_column_in_feature_bounds_is_a_params_error(regression: tuple[di
 def test_incomplete_meta_is_a_data_error(classes: tuple[dict, dict]) -> None:
     meta, frames = classes
     with pytest.raises(DataError, match="missing key\\(s\\) classes"):
-        validate.run(PARAMS, frames, {**meta, "classes": None})
+        validate.run(PARAMS, frames, replace(meta, classes=None))
     with pytest.raises(DataError, match="split\\(s\\) test not given"):
         validate.run(PARAMS, {s: frames[s] for s in ("train", "val")}, meta)
 
