@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.core.contracts import PARAMS_PATH
+from stages.core.contracts import METRICS_DIR, PARAMS_PATH
 from stages.core.io import file_digest
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def metric_prefix(path: str) -> str:
     """`metrics/train.json` -> `train`; files outside metrics/ keep their folder (`reports/x`)."""
     p = Path(path)
     parts = p.with_suffix("").parts
-    return "/".join(parts[1:] if parts[0] == "metrics" and len(parts) > 1 else parts)
+    return "/".join(parts[1:] if parts[0] == METRICS_DIR.name and len(parts) > 1 else parts)
 
 
 def collect_metrics(root: str | os.PathLike[str], paths: list[str]) -> tuple[dict[str, Any], str]:

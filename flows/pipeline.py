@@ -49,12 +49,13 @@ from flows.history import Commit, git_commit, metrics_row, record_run
 from flows.interactive import command_line_run
 from flows.stage_run import DvcRunner, StageFailed, repro_stage
 from flows.workspace_lock import workspace_lock
+from stages.core.contracts import PIPELINE_CACHE_DIR
 from stages.core.errors import FitlineError
 
 FLOW_NAME = "fitline-pipeline"
 # Prefect's cache records of a workspace live beside DVC's own temporary state: they describe
 # that workspace's dvc.lock, and .dvc/tmp is never committed.
-CACHE_DIR = Path(".dvc") / "tmp" / "fitline-prefect-cache"
+CACHE_DIR = PIPELINE_CACHE_DIR
 NIGHTLY_CRON = "0 2 * * *"  # 02:00 UTC, as in prefect.yaml
 _KEY = re.compile(r"^[A-Za-z0-9_.-]+-[0-9a-f]{64}$")
 # the Prefect loggers that log a failed run's exception

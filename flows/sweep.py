@@ -31,7 +31,7 @@ from prefect.context import TaskRunContext
 
 from flows.interactive import command_line_run
 from flows.prefect_env import set_defaults
-from stages.core.contracts import DATA_DIR, PARAMS_PATH, SWEEP_LEADERBOARD_PATH, Meta, load_meta
+from stages.core.contracts import DATA_DIR, PARAMS_PATH, SWEEP_CACHE_DIR, SWEEP_LEADERBOARD_PATH, Meta, load_meta
 from stages.core.errors import FitlineError, ParamsError
 from stages.core.params import EvaluateParams, TrainParams, load_params
 from stages.data.splits import Split, load_splits
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 FLOW_NAME = "fitline-sweep"
 ARTIFACT_KEY = "fitline-sweep"
 # beside DVC's own temporary state, like the pipeline flow's cache: never committed
-CACHE_DIR = Path(".dvc") / "tmp" / "fitline-sweep-cache"
+CACHE_DIR = SWEEP_CACHE_DIR
 RUNNERS = ("threads", "processes", "dask")
 
 

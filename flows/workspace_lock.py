@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from stages.core.contracts import FLOW_LOCK_PATH
 from stages.core.errors import FitlineError
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = Path(".dvc") / "tmp" / "fitline-flow.lock"
+LOCK_NAME = FLOW_LOCK_PATH
 _POLL_SECONDS = 0.2
 
 

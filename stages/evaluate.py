@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stages.core.contracts import (
+    CONFUSION_CSV,
     EVAL_METRICS_PATH,
+    FIT_REPORT_PATH,
     HISTORY_PATH,
+    LEARNING_CURVES_PNG,
     MODEL_PATH,
+    PREDICTIONS_CSV,
+    PREDICTIONS_PNG,
     REPORTS_DIR,
     TRAIN_METRICS_PATH,
     Meta,
@@ -31,7 +36,7 @@ from stages.data.splits import Split, load_splits
 from stages.evaluation.report import class_labels, fit_report, plot_tables, sample_rows
 from stages.evaluation.scoring import Evaluation, evaluate_splits
 
-if TYPE_CHECKING:  # torch is imported where a model is evaluate_splits: the stage's error paths stay light
+if TYPE_CHECKING:  # torch is imported where a model is run: the stage's error paths stay light
     pass
 
 log = logging.getLogger(__name__)
@@ -45,21 +50,21 @@ def write_outputs(ev: Evaluation, splits: dict[str, Split], meta: Meta, history:
     split = "test" if "test" in ev.outputs else "val"
     y, out = splits[split].y, ev.outputs[split]
     values, categories = plot_tables(task, y, out, meta, params.plot_points)
-    write_text(reports_dir / "predictions.csv", values)
-    write_text(reports_dir / "confusion.csv", categories)
+    write_text(reports_dir / PREDICTIONS_CSV.name, values)
+    write_text(reports_dir / CONFUSION_CSV.name, categories)
     verdict = report["fit"]["verdict"]
-    plots.learning_curves_png(history, reports_dir / "learning_curves.png", LOSS_LABEL.get(report["fit"]["loss"], "loss"),
+    plots.learning_curves_png(history, reports_dir / LEARNING_CURVES_PNG.name, LOSS_LABEL.get(report["fit"]["loss"], "loss"),
                               title=f"learning curves (verdict: {verdict})")
     if task == "regression":
         idx = sample_rows(len(y), params.plot_points)
-        plots.pred_vs_actual_png(y[idx], out[idx], reports_dir / "predictions.png",
+        plots.pred_vs_actual_png(y[idx], out[idx], reports_dir / PREDICTIONS_PNG.name,
                                  title=f"{split}: predicted vs actual (R² {report[split]['r2']:.3f})")
     else:
         plots.confusion_matrix_png(report[split]["confusion_matrix"], class_labels(meta),
-                                   reports_dir / "predictions.png",
+                                   reports_dir / PREDICTIONS_PNG.name,
                                    title=f"{split}: confusion matrix (accuracy {report[split]['accuracy']:.3f})")
-    write_text(reports_dir / "fit.md", fit_report(report, meta))
-    # the metrics last: a evaluate_splits that failed on the way leaves the previous eval.json alone
+    write_text(reports_dir / FIT_REPORT_PATH.name, fit_report(report, meta))
+    # the metrics last: a run that failed on the way leaves the previous eval.json alone
     write_json(eval_path, report)
 
 

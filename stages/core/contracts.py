@@ -35,11 +35,12 @@ MODEL_PATH = MODELS_DIR / "model.pt"
 CHECKPOINT_DIR = Path("checkpoints")
 CHECKPOINT_NAME = "checkpoint.pt"
 LIVE_DIR = "dvclive"  # dvclive's own folder (plots/metrics/*.tsv), a plots output of train
-TRAIN_METRICS_PATH = Path("metrics/train.json")
-HISTORY_PATH = Path("metrics/train_history.csv")
+METRICS_DIR = Path("metrics")  # committed to git (cache: false): the CI gate's baseline
+TRAIN_METRICS_PATH = METRICS_DIR / "train.json"
+HISTORY_PATH = METRICS_DIR / "train_history.csv"
 
 # evaluate
-EVAL_METRICS_PATH = Path("metrics/eval.json")
+EVAL_METRICS_PATH = METRICS_DIR / "eval.json"
 REPORTS_DIR = Path("reports")
 PREDICTIONS_CSV = REPORTS_DIR / "predictions.csv"
 CONFUSION_CSV = REPORTS_DIR / "confusion.csv"
@@ -52,7 +53,7 @@ ONNX_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
 ONNX_PATH = MODELS_DIR / ONNX_NAME
 INT8_PATH = MODELS_DIR / INT8_NAME
-EXPORT_METRICS_PATH = Path("metrics/export.json")
+EXPORT_METRICS_PATH = METRICS_DIR / "export.json"
 
 # metrics files by the short name gate rules use (`eval.test.r2` -> metrics/eval.json)
 METRICS_FILES = {"eval": EVAL_METRICS_PATH, "export": EXPORT_METRICS_PATH, "train": TRAIN_METRICS_PATH}
@@ -62,6 +63,12 @@ SWEEP_LEADERBOARD_PATH = REPORTS_DIR / "sweep.csv"
 COMPARE_REPORT_PATH = REPORTS_DIR / "compare.md"
 COMPARE_CURVES_PATH = REPORTS_DIR / "compare.csv"
 COMPARE_CHART_PATH = REPORTS_DIR / "compare.png"
+
+# the flows' own state, inside DVC's scratch folder (git- and DVC-ignored)
+DVC_TMP_DIR = Path(".dvc") / "tmp"
+PIPELINE_CACHE_DIR = DVC_TMP_DIR / "fitline-prefect-cache"  # Prefect task results of `fitline run`
+SWEEP_CACHE_DIR = DVC_TMP_DIR / "fitline-sweep-cache"  # finished sweep/compare trials
+FLOW_LOCK_PATH = DVC_TMP_DIR / "fitline-flow.lock"  # one flow run per workspace
 
 
 # ------------------------------------------------------------------------ data/meta.json

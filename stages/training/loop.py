@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stages.core.contracts import CHECKPOINT_NAME, META_PATH, Meta, ModelConfig
+from stages.core.contracts import CHECKPOINT_NAME, META_PATH, Meta, ModelConfig, split_path
 from stages.core.errors import DataError, ParamsError, TrainingDiverged
 from stages.core.params import TrainParams
 from stages.data.splits import Split
@@ -94,20 +94,20 @@ def check_splits(splits: dict[str, Split], cfg: ModelConfig) -> None:
     """Shapes, finiteness and label range: a bad split is a DataError, not a NaN loss later."""
     for name in ("train", "val"):
         if name not in splits:
-            raise DataError(f"data/{name}.parquet: split {name!r} missing")
+            raise DataError(f"{split_path(name)}: split {name!r} missing")
         s = splits[name]
         if s.x.ndim != 2 or s.x.shape[1] != cfg.n_features or len(s.x) == 0 or len(s.y) != len(s.x):
             raise DataError(
-                f"data/{name}.parquet: features of shape {s.x.shape} with {len(s.y)} targets; "
+                f"{split_path(name)}: features of shape {s.x.shape} with {len(s.y)} targets; "
                 f"expected rows x {cfg.n_features} and one target per row"
             )
         if not np.isfinite(s.x).all():
-            raise DataError(f"data/{name}.parquet: {int((~np.isfinite(s.x)).sum())} missing or infinite feature values")
+            raise DataError(f"{split_path(name)}: {int((~np.isfinite(s.x)).sum())} missing or infinite feature values")
         if cfg.task == "regression" and not np.isfinite(s.y).all():
-            raise DataError(f"data/{name}.parquet: {int((~np.isfinite(s.y)).sum())} missing or infinite targets")
+            raise DataError(f"{split_path(name)}: {int((~np.isfinite(s.y)).sum())} missing or infinite targets")
         if cfg.task == "classification" and (s.y.min() < 0 or s.y.max() >= cfg.n_outputs):
             raise DataError(
-                f"data/{name}.parquet: class labels outside 0..{cfg.n_outputs - 1} "
+                f"{split_path(name)}: class labels outside 0..{cfg.n_outputs - 1} "
                 f"(found {int(s.y.min())}..{int(s.y.max())})"
             )
 

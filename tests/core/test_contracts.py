@@ -3,6 +3,8 @@ that a model fits the data."""
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,31 @@ def test_a_model_for_other_data_is_refused_naming_both(cfg, why):
 
 def test_a_model_for_this_data_passes():
     contracts.check_model_fits(model_config(feature_names=["a", "b"], n_features=2, hidden=[4]), META)
+
+
+PATH_LIKE = re.compile(r"(data|models|metrics|reports|checkpoints|dvclive|\.dvc)/[\w.\-/{}]*|params\.yaml|meta\.json"
+                       r"|[\w\-{}]+\.(parquet|onnx|pt|csv|md|png)")
+
+
+def _path_constants(path: Path) -> list[tuple[int, str]]:
+    """String constants that are a path and nothing else (messages that mention one are fine)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+            and PATH_LIKE.fullmatch(n.value.strip("/"))]
+
+
+def test_no_module_but_contracts_spells_a_pipeline_path():
+    found = {f"{p.relative_to(ROOT)}:{line}": text
+             for folder in ("stages", "flows") for p in sorted((ROOT / folder).rglob("*.py"))
+             if p.name != "contracts.py" for line, text in _path_constants(p)}
+    assert not found, f"paths spelled outside stages/core/contracts.py: {found}"
+
+
+def test_the_path_check_finds_a_spelled_path(tmp_path):
+    (tmp_path / "m.py").write_text('"""data/meta.json in a docstring is prose."""\nX = Path("metrics/eval.json")\n'
+                                   'Y = f"{root}/reports/fit.md"\nZ = "see data/meta.json for the task"\n')
+    assert [t for _, t in _path_constants(tmp_path / "m.py")] == ["metrics/eval.json", "/reports/fit.md"]
