@@ -84,9 +84,9 @@ def read_split_frame(name: str, data_dir: str | Path = DATA_DIR) -> pd.DataFrame
     """One split as a DataFrame with the file's own columns and dtypes (what pd.read_parquet
     gives: validate checks whatever is there), read one column at a time.
 
-    pd.read_parquet of the whole file held the Arrow table and the frame at once, and Arrow's
-    allocator keeps what it frees: 2.2 GB of RSS for a 7M x 21 split of 560 MiB; this way the
-    frame plus one column, and the freed Arrow memory goes back to the system."""
+    pd.read_parquet of the whole file holds the Arrow table and the frame at once, and Arrow's
+    allocator keeps what it frees (README, Scale); this way the frame plus one column, and the
+    freed Arrow memory goes back to the system."""
     path = split_path(name, data_dir)
     if not path.exists():
         raise DataError(f"{path}: file not found (run the generate stage first)")
@@ -119,9 +119,8 @@ def read_split(name: str, meta: Meta, data_dir: str | Path = DATA_DIR) -> Split:
     """One split as arrays (what frame_to_split(read_split_frame(...)) gives), read one column of
     one row group at a time straight into them.
 
-    The DataFrame route held the Arrow table, the DataFrame and the array at once, and Arrow's
-    allocator keeps what it frees: 2.2 GB of RSS for a 7M x 20 train split of 560 MiB; this way
-    the arrays plus one column chunk (640 MiB)."""
+    The DataFrame route holds the Arrow table, the DataFrame and the array at once, and Arrow's
+    allocator keeps what it frees (README, Scale); this way the arrays plus one column chunk."""
     path = split_path(name, data_dir)
     if not path.exists():
         raise DataError(f"{path}: file not found (run the generate stage first)")

@@ -50,8 +50,8 @@ LATENCY_BATCHES = {"batch_1": 1, "batch_1024": 1024}
 
 
 # Latency is measured on one thread for every engine. With several, torch's OpenMP workers
-# wait on each other whenever the host is busy (15 ms instead of 0.1 ms for one batch of 1024
-# on this shared 2-core machine): the figures measured the neighbours, not the model.
+# wait on each other whenever the host is busy: the figures would measure the neighbours, not
+# the model (README, export).
 LATENCY_THREADS = 1
 
 

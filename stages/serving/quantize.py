@@ -58,7 +58,7 @@ def _prepared(src: Path) -> onnx.ModelProto:
 
     The dynamo exporter records intermediate shapes that ORT's quantiser re-infers and then
     rejects ("Inferred shape and existing shape differ"); dropping them lets it infer afresh.
-    quant_pre_process fixes the same thing but costs ~3 s per model.
+    quant_pre_process fixes the same thing but costs seconds per model.
     """
     model = onnx.load(str(src))
     del model.graph.value_info[:]

@@ -154,7 +154,7 @@ def column_moments(x: np.ndarray, chunk_rows: int = 1 << 18) -> tuple[np.ndarray
     """Column means and standard deviations (population) of x, rows x columns, in float64.
 
     Two passes over chunks of rows: a float64 copy of the whole split (and numpy's float64
-    x - mean temporary) made fitting the scaling the train stage's peak memory (+1.3 GB at 10M rows)."""
+    x - mean temporary) made fitting the scaling the train stage's peak memory (README, Scale)."""
     x = np.asarray(x)
     n, chunks = len(x), range(0, len(x), chunk_rows)
     mean = sum(x[i : i + chunk_rows].sum(axis=0, dtype=np.float64) for i in chunks) / n

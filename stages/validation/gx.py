@@ -28,7 +28,7 @@ BATCH_BYTES = 256 * 2**20
 
 def _fast_decimal_scan() -> None:
     """Before every column mean/std/sum, GX 1.24 looks for decimal.Decimal objects with a Python
-    loop over all values (about 1 s per million rows per check). An array of a numeric dtype
+    loop over all values, seconds per million rows per check. An array of a numeric dtype
     cannot hold Decimal objects, so only object arrays need the scan; results are unchanged."""
     scan = gx_util.does_ndarray_contain_decimal_dtype
     if getattr(scan, "fitline_fast", False):
@@ -66,7 +66,7 @@ def gx_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with float columns as float64 and integer columns as int64.
 
     GX 1.24 compares values with bounds vectorised only for exactly those two dtypes; a float32
-    column goes through a Python function per value (20x slower). The cast keeps every value and
+    column goes through a Python function per value, an order of magnitude slower. The cast keeps every value and
     the kind of dtype (float stays float, integer stays integer), which is all the dtype check
     looks at.
     """
@@ -83,7 +83,7 @@ def gx_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _release_batches(source: Any) -> None:
     """GX's pandas engine keeps every batch it loaded (our float64 copy of the frame) for the
-    life of its data source: 1.4 GB for a 7M-row split, still held while the next split ran."""
+    life of its data source, still held while the next split runs."""
     manager = source.get_execution_engine().batch_manager
     manager.reset_batch_cache()
     manager.batch_data_cache.clear()
