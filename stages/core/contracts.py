@@ -25,6 +25,9 @@ SPLITS = ("train", "val", "test")
 META_NAME = "meta.json"
 META_PATH = DATA_DIR / META_NAME
 
+# users' tables (data.path, `fitline predict` input and output): suffix -> format
+TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
 # validate
 VALIDATION_REPORT_PATH = Path("reports/validation.json")
 DATA_DOCS_DIR = Path("reports/data_docs")

@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stages.core.contracts import PARAMS_PATH
+from stages.core.contracts import PARAMS_PATH, TABLE_FORMATS
 from stages.core.errors import ParamsError
 
 # ------------------------------------------------------------------------------------ options
@@ -95,7 +95,7 @@ class DataParams(Section):
         if self.source == "file":
             if not self.path:
                 raise ValueError("data.path: required when data.source is 'file' (a .csv or .parquet file)")
-            if Path(self.path).suffix.lower() not in {".csv", ".parquet", ".pq"}:
+            if Path(self.path).suffix.lower() not in TABLE_FORMATS:
                 raise ValueError(f"data.path: {self.path!r} must end in .csv or .parquet")
             return self
         if self.n_informative > self.n_features:

@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 
 from stages.core.contracts import RAW_DIR
-from stages.core.errors import DataError, first_line
+from stages.core.errors import DataError
 from stages.core.io import file_digest
 from stages.core.params import DataParams
 from stages.data.splits import assign_splits, write_rows
+from stages.data.tables import read_table
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,7 @@ def warn_if_untracked(path: Path, raw_dir: Path = RAW_DIR) -> bool:
 def _read_user_file(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"data.path: {path} does not exist")
-    try:
-        if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
-        return pd.read_parquet(path)
-    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        raise DataError(f"data.path: cannot read {path}: {type(exc).__name__}: {first_line(exc)}") from None
+    return read_table(path, "data.path")
 
 
 def infer_task(target: pd.Series) -> str:

@@ -84,6 +84,17 @@ def model_metadata(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
+def strip_debug_metadata(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node and per-value debug metadata (Python stack traces with the
+    checkout's and the venv's absolute paths, FX node names): with it, the same model exported
+    from two folders gave different bytes, so dvc.lock differed per checkout."""
+    graph = proto.graph
+    for item in [*graph.node, *graph.value_info, *graph.input, *graph.output, *graph.initializer]:
+        del item.metadata_props[:]
+    del graph.metadata_props[:]
+    del proto.metadata_props[:]
+
+
 def export_onnx(model: nn.Module, cfg: ModelConfig, dest: Path, opset: int) -> None:
     """Write `model` (eval mode, CPU) to `dest` as a single-file ONNX model and check it."""
     task = cfg.task
@@ -103,6 +114,7 @@ def export_onnx(model: nn.Module, cfg: ModelConfig, dest: Path, opset: int) -> N
     except Exception as exc:  # the exporter wraps failures in several types; one line is enough
         raise ExportError(f"ONNX export failed: {type(exc).__name__}: {first_line(exc)}") from None
     proto = program.model_proto
+    strip_debug_metadata(proto)
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(model_metadata(cfg), sort_keys=True)})
     onnx.save_model(proto, str(dest))
     try:

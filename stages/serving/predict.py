@@ -28,6 +28,7 @@ import pandas as pd
 
 from stages.core.errors import DataError, first_line, run_main
 from stages.core.io import atomic_path
+from stages.data.tables import read_table, table_format
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ METADATA_KEY = "fitline"
 INPUT_NAME = "features"
 REGRESSION_OUTPUTS = ("prediction",)
 CLASSIFICATION_OUTPUTS = ("probabilities", "label")
-READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 # rows per ONNX Runtime call: bounds the memory of the output buffers on big inputs
 CHUNK_ROWS = 65536
 
@@ -74,6 +74,22 @@ class OnnxModel:
         self.classes: list[Any] | None = self.info.get("classes")
         if self.task == "classification" and not self.classes:
             raise DataError(f"{self.path}: classification model without class labels in its metadata")
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        """The graph takes what its metadata says (metadata copied onto another model crashed
+        the first prediction with ORT's traceback)."""
+        inputs, outputs = self.session.get_inputs(), {o.name for o in self.session.get_outputs()}
+        width = inputs[0].shape[-1] if len(inputs) == 1 and inputs[0].shape else None
+        wanted = set(REGRESSION_OUTPUTS if self.task == "regression" else CLASSIFICATION_OUTPUTS)
+        if (len(inputs) != 1 or inputs[0].name != INPUT_NAME or width != len(self.feature_names)
+                or not wanted <= outputs):
+            got = ", ".join(f"{i.name} {i.shape}" for i in inputs)
+            raise DataError(
+                f"{self.path}: the graph (inputs {got}; outputs {', '.join(sorted(outputs))}) does not match its "
+                f"{METADATA_KEY!r} metadata ({INPUT_NAME} [N, {len(self.feature_names)}]; outputs "
+                f"{', '.join(sorted(wanted))}); export the model with the export stage"
+            )
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Raw graph outputs by name for float32 features (N, n_features), computed in chunks."""
@@ -134,38 +150,27 @@ def predict_frame(model: str | Path | OnnxModel, df: pd.DataFrame, where: str = 
     return pd.concat([df[passed].reset_index(drop=True), preds], axis=1)
 
 
-def _format(path: Path, role: str) -> str:
-    fmt = READERS.get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(f"{path}: unsupported {role} file type {path.suffix or '(none)'!r} (use .csv or .parquet)")
-    return fmt
-
-
 def read_frame(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    fmt = _format(path, "input")
-    if not path.is_file():
-        raise DataError(f"{path}: input file not found")
-    try:
-        return pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
-    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        first = first_line(exc)
-        raise DataError(f"{path}: cannot read {fmt}: {first}") from None
+    return read_table(path, "input")
 
 
 def write_frame(path: str | Path, df: pd.DataFrame) -> None:
+    """The predictions, atomically; a folder that does not exist or cannot be written is one line."""
     path = Path(path)
-    fmt = _format(path, "output")
-    with atomic_path(path) as tmp:
-        if fmt == "csv":
-            df.to_csv(tmp, index=False)
-        else:
-            df.to_parquet(tmp, index=False)
+    fmt = table_format(path, "output")
+    try:
+        with atomic_path(path) as tmp:
+            if fmt == "csv":
+                df.to_csv(tmp, index=False)
+            else:
+                df.to_parquet(tmp, index=False)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write the predictions: {exc.strerror or first_line(exc)}") from None
 
 
 def predict_file(model_path: str | Path, input_path: str | Path, output_path: str | Path) -> int:
     """Read rows, predict, write atomically; returns the number of rows predicted."""
-    _format(Path(output_path), "output")  # fail before any work on a bad output name
+    table_format(output_path, "output")  # fail before any work on a bad output name
     model = OnnxModel(model_path)
     df = read_frame(input_path)
     preds = predict_frame(model, df, where=str(input_path))

@@ -4,6 +4,8 @@ that a model fits the data."""
 from __future__ import annotations
 
 import ast
+import os
+import stat
 import re
 from pathlib import Path
 
@@ -84,3 +86,16 @@ def test_the_path_check_finds_a_spelled_path(tmp_path):
     (tmp_path / "m.py").write_text('"""data/meta.json in a docstring is prose."""\nX = Path("metrics/eval.json")\n'
                                    'Y = f"{root}/reports/fit.md"\nZ = "see data/meta.json for the task"\n')
     assert [t for _, t in _path_constants(tmp_path / "m.py")] == ["metrics/eval.json", "/reports/fit.md"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomically_written_files_follow_the_umask(tmp_path, umask):
+    """They were 0600 whatever the umask (mkstemp's mode)."""
+    from stages.core.io import write_text
+
+    old = os.umask(umask)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~umask

@@ -224,3 +224,11 @@ def test_infer_task():
     assert ingest.infer_task(pd.Series(["a", "b"])) == "classification"
     assert ingest.infer_task(pd.Series([True, False])) == "classification"
     assert ingest.infer_task(pd.Series(range(100))) == "regression"
+
+
+def test_a_header_only_user_file_says_no_rows(tmp_path):
+    """It was called 'feature columns must be numeric' (empty columns read as text)."""
+    path = tmp_path / "user.csv"
+    path.write_text("area,rooms,price\n")
+    with pytest.raises(DataError, match=r"user\.csv: no rows \(only a header with 3 column\(s\)\)"):
+        generate.run(DataParams(source="file", path=str(path), target="price"), tmp_path / "out")

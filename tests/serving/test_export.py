@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,8 @@ from stages.serving import onnx as onnx_export
 from stages.serving.predict import METADATA_KEY, OnnxModel
 from stages.serving.quantize import calibration_rows, quantize_model
 from stages.training.loop import train_model
-from stages.training.models import build_model
+from stages.training.models import build_model, load_model, save_model
+from tests.conftest import ROOT, subprocess_env
 
 CLASSES = 3
 
@@ -321,3 +324,22 @@ def test_dvc_repro_exports_serves_and_a_failed_export_keeps_the_models(tmp_path)
     assert proc.returncode != 0
     assert "fitline export: error: ONNX fp32 output differs from torch" in proc.stderr + proc.stdout
     assert {p: (repo / p).read_bytes() for p in good} == good  # persist + atomic: still servable
+
+
+def test_exported_bytes_do_not_depend_on_the_checkouts_path(regression, tmp_path):
+    """The exporter's debug metadata carried the checkout's and the venv's absolute paths
+    (~30 times): the same model.pt exported in two folders gave two files, and two dvc.locks."""
+    src, _, model, cfg, _ = regression
+    save_model(tmp_path / "model.pt", model, cfg)
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(ROOT / "stages", copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import sys\nfrom pathlib import Path\nfrom stages.serving.onnx import export_onnx\n"
+            "from stages.training.models import load_model\n"
+            "model, cfg = load_model(sys.argv[1])\nexport_onnx(model, cfg, Path(sys.argv[2]), 20)\n")
+    env = {**subprocess_env(), "PYTHONPATH": str(copy)}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.pt"), str(tmp_path / "there.onnx")],
+                   cwd=copy, env=env, check=True, capture_output=True)
+    onnx_export.export_onnx(*load_model(tmp_path / "model.pt"), tmp_path / "here.onnx", 20)
+    here, there = (tmp_path / "here.onnx").read_bytes(), (tmp_path / "there.onnx").read_bytes()
+    assert str(copy).encode() not in there and str(ROOT).encode() not in here
+    assert here == there

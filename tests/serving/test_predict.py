@@ -250,3 +250,41 @@ def test_predict_module_never_imports_torch(tmp_path):
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_an_unwritable_output_is_one_line_exit_1(exported, tmp_path):
+    """A ~100-line traceback before."""
+    out, df = exported
+    df.drop(columns="y").to_csv(tmp_path / "rows.csv", index=False)
+    target = tmp_path / "no" / "such" / "folder" / "p.csv"
+    (tmp_path / "no").write_text("a file where a folder should be")
+    proc = run_cmd([str(FITLINE), "predict", "--model", str(out / "model.onnx"), "--input",
+                    str(tmp_path / "rows.csv"), "--output", str(target)], tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if "error" in x]
+    assert line.startswith(f"fitline predict: error: {target}: cannot write the predictions: ")
+
+
+def test_fitline_metadata_on_another_graph_is_refused_before_predicting(tmp_path):
+    """Metadata copied onto a model whose graph takes something else crashed predict with a traceback."""
+    path = regression_onnx(tmp_path / "m.onnx", info={"task": "regression", "feature_names": ["a", "b"],
+                                                       "target": "y", "classes": None})
+    with pytest.raises(DataError, match=r"m\.onnx: the graph \(inputs features \['batch', 3\]; outputs prediction\) "
+                                        r"does not match its 'fitline' metadata \(features \[N, 2\]"):
+        OnnxModel(path)
+    wrong_task = regression_onnx(tmp_path / "t.onnx", info={"task": "classification", "feature_names": FEATURES,
+                                                            "target": "y", "classes": [0, 1]})
+    with pytest.raises(DataError, match=r"outputs label, probabilities\); export the model"):
+        OnnxModel(wrong_task)
+
+
+def test_header_only_and_duplicate_column_files_get_their_own_messages(tmp_path):
+    (tmp_path / "empty.csv").write_text("a,b,c\n")
+    with pytest.raises(DataError, match=r"empty\.csv: no rows \(only a header with 3 column\(s\)\)$"):
+        read_frame(tmp_path / "empty.csv")
+    pd.DataFrame({"a": [], "b": []}).to_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match=r"empty\.parquet: no rows"):
+        read_frame(tmp_path / "empty.parquet")
+    (tmp_path / "dupes.csv").write_text("a,b,a\n1,2,3\n")
+    with pytest.raises(DataError, match=r"dupes\.csv: duplicate column name\(s\) a; rename them"):
+        read_frame(tmp_path / "dupes.csv")
