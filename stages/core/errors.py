@@ -7,6 +7,7 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -38,6 +39,25 @@ class ExportError(FitlineError):
     """ONNX export, parity or the quantisation budget failed."""
 
 
+class ResourceError(FitlineError):
+    """The run does not fit in the memory or the disk space there is."""
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: BaseException) -> OSError | None:
+    """The no-space OSError behind `exc`, if any (torch.save reports one as a RuntimeError
+    whose context is the OSError)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def first_line(error: BaseException | str, limit: int = 200) -> str:
     """The first line of an exception's message (at most `limit` characters), or its type name
     when it has no message: library errors run to many lines, a fitline message is one."""
@@ -58,3 +78,15 @@ def run_main(main: Callable[[], object], name: str) -> None:
     except KeyboardInterrupt:
         print(f"fitline {name}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except MemoryError:
+        print(f"fitline {name}: error: out of memory; make the data or the model smaller (see the "
+              "params of this stage)", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        where = f" writing {full.filename}" if full.filename else ""
+        print(f"fitline {name}: error: no space left on device{where}; free disk space and rerun "
+              "(the previous outputs are kept)", file=sys.stderr)
+        sys.exit(1)

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from stages.core.params import DataParams
+from stages.core.resources import check_fits
 from stages.data.splits import assign_splits, write_rows
 
 
@@ -76,7 +77,16 @@ def _synthetic_chunks(p: DataParams, truth: dict[str, Any], y_true: np.ndarray |
         yield x, y.astype(np.float32)
 
 
+def check_memory(p: DataParams) -> None:
+    """Refuse params whose chunks cannot fit: a chunk is float32 features, their float64 copy for
+    the target and the Arrow table written (16 bytes a value); labels and split ids stay whole."""
+    rows = min(p.chunk_rows, p.n_samples)
+    check_fits("generate", {"one chunk of rows": 16 * rows * p.n_features, "labels and split ids": 17 * p.n_samples},
+               f"lower data.chunk_rows (now {p.chunk_rows}) or data.n_features (now {p.n_features})")
+
+
 def synthetic_data(p: DataParams, writers: dict[str, pq.ParquetWriter], names: list[str]) -> dict[str, Any]:
+    check_memory(p)
     rng = np.random.default_rng([p.seed, 1])
     y_true = y_obs = None
     if p.kind == "classification":

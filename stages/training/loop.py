@@ -29,6 +29,7 @@ from torch import nn
 from stages.core.contracts import CHECKPOINT_NAME, META_PATH, Meta, ModelConfig, split_path
 from stages.core.errors import DataError, ParamsError, TrainingDiverged
 from stages.core.params import TrainParams
+from stages.core.resources import check_fits, device_memory
 from stages.data.splits import Split
 from stages.training import distributed, optim
 from stages.training.callbacks import EpochCallback, close_callbacks, epoch_callbacks
@@ -154,6 +155,7 @@ def setup_training(p: TrainParams, splits: dict[str, Split], meta: Meta) -> Trai
     device = resolve_device(p.device)
     cfg = model_config(p, meta)
     check_splits(splits, cfg)
+    check_memory(p, cfg, splits, device)
     precision, autocast = _precision(p, device)
     model, gens = _seeded_model(p, cfg, splits["train"], device)
     x_train, y_train = _on_device(splits["train"].x, device), _on_device(splits["train"].y, device)
@@ -168,6 +170,22 @@ def setup_training(p: TrainParams, splits: dict[str, Split], meta: Meta) -> Trai
         train_loss_fn=train_loss_fn, eval_loss_fn=eval_loss_fn, optimizer=optimizer,
         penalty_grad=make_penalty_grad(p), batch=batch,
         sharded=distributed.ShardedTraining(model, n, batch, device),  # single process: the plain loop
+    )
+
+
+def check_memory(p: TrainParams, cfg: ModelConfig, splits: dict[str, Split], device: torch.device) -> None:
+    """Refuse a model or data that cannot fit on `device` before anything is allocated: the
+    weights 5 times over (weights, gradients, two optimizer states, the best epoch's copy), the
+    splits on the device plus each epoch's shuffled copy of train, and a batch's activations."""
+    widths = [cfg.n_features, *cfg.hidden, cfg.n_outputs]
+    n_params = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    n_train, n_val = len(splits["train"].x), len(splits["val"].x)
+    rows = max(min(p.batch_size, n_train), min(65536, n_train + n_val))  # a batch, or an eval chunk
+    check_fits(
+        f"train ({n_params:.3g} parameters on {device.type})",
+        {"model": 4 * 5 * n_params, "data": 4 * (2 * n_train + n_val) * (cfg.n_features + 1),
+         "activations": 4 * 3 * rows * sum(widths)},
+        f"lower train.hidden (now {list(p.hidden)}) or use fewer rows or features", device_memory(device),
     )
 
 
