@@ -34,6 +34,13 @@ from stages.training.models import save_model
 log = logging.getLogger(__name__)
 
 
+def _progress(is_main: bool) -> str | None:
+    """A bar on a terminal; log lines elsewhere (CI, `fitline run`, Prefect's logs); rank 0 only."""
+    if not is_main:
+        return None
+    return "bar" if sys.stderr.isatty() else "log"
+
+
 def main() -> None:
     params = load_params()
     dist_p = params.train.distributed
@@ -49,7 +56,7 @@ def main() -> None:
         writer = Live(dir=LIVE_DIR, save_dvc_exp=False, dvcyaml=False) if world.is_main else contextlib.nullcontext()
         with writer as live:
             result = train_model(params.train, splits, meta, checkpoint_dir=CHECKPOINT_DIR, live=live,
-                                 progress=world.is_main and sys.stderr.isatty())
+                                 progress=_progress(world.is_main))
     if world.is_main:
         save_model(MODEL_PATH, result.model, result.config)
         write_json(TRAIN_METRICS_PATH, result.metrics)

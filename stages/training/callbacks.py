@@ -6,13 +6,18 @@ checkpoint is written, so one that raises stops a run that can resume from there
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from stages.core.contracts import HISTORY_COLUMNS
 
+log = logging.getLogger(__name__)
+
 EpochCallback = Callable[[dict[str, Any]], None]
+Progress = Literal["bar", "log"] | None  # a tqdm bar (a terminal), log lines (CI, Prefect, files), nothing
 
 
 class LiveLog:
@@ -43,8 +48,34 @@ class ProgressBar:
         self.bar.close()
 
 
-def epoch_callbacks(live: Any, progress: bool, on_epoch_end: EpochCallback | None, epochs: int,
-                    start: int, resumed: list[dict[str, Any]]) -> list[EpochCallback]:
+class ProgressLog:
+    """Off a terminal: one log line every `every_fraction` of the epochs or `every_seconds`,
+    whichever comes first, with the losses, samples/s and the time left at that pace."""
+
+    def __init__(self, total: int, initial: int, rows: int, every_fraction: float = 0.1,
+                 every_seconds: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.rows, self.clock = total, rows, clock
+        self.step = max(1, round(every_fraction * total))
+        self.every_seconds = every_seconds
+        self.last_epoch, self.last_time = initial, clock()
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        epoch, now = rec["epoch"], self.clock()
+        if epoch - self.last_epoch < self.step and now - self.last_time < self.every_seconds and epoch < self.total:
+            return
+        per_epoch = (now - self.last_time) / max(epoch - self.last_epoch, 1)
+        log.info("epoch %d/%d: train loss %.4g, val loss %.4g, %.0f samples/s, at most %s left",
+                 epoch, self.total, rec["train_loss"], rec["val_loss"], self.rows / max(per_epoch, 1e-9),
+                 _duration(per_epoch * (self.total - epoch)))
+        self.last_epoch, self.last_time = epoch, now
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def epoch_callbacks(live: Any, progress: Progress, on_epoch_end: EpochCallback | None, epochs: int,
+                    start: int, resumed: list[dict[str, Any]], rows: int = 0) -> list[EpochCallback]:
     """dvclive logging, the progress bar and `on_epoch_end`, those asked for, in that order.
 
     A run resumed at epoch `start` replays the `resumed` epochs' records to dvclive (DVC clears
@@ -56,8 +87,10 @@ def epoch_callbacks(live: Any, progress: bool, on_epoch_end: EpochCallback | Non
         for rec in resumed:
             log_live(rec)
         callbacks.append(log_live)
-    if progress:
+    if progress == "bar":
         callbacks.append(ProgressBar(epochs, initial=start))
+    elif progress == "log":
+        callbacks.append(ProgressLog(epochs, initial=start, rows=rows))
     if on_epoch_end is not None:
         callbacks.append(on_epoch_end)
     return callbacks

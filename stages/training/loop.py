@@ -32,7 +32,7 @@ from stages.core.params import TrainParams
 from stages.core.resources import check_fits, device_memory
 from stages.data.splits import Split
 from stages.training import distributed, optim
-from stages.training.callbacks import EpochCallback, close_callbacks, epoch_callbacks
+from stages.training.callbacks import EpochCallback, Progress, close_callbacks, epoch_callbacks
 from stages.training.checkpoint import Checkpointer, RunState, run_fingerprint
 from stages.training.early_stopping import EarlyStopping
 from stages.training.models import build_model, fit_scaling, set_dropout_generator, weight_tensors
@@ -289,12 +289,12 @@ def train_model(
     *,
     checkpoint_dir: Path | None = None,
     live: Any = None,
-    progress: bool = False,
+    progress: Progress = None,
     on_epoch_end: EpochCallback | None = None,
 ) -> TrainResult:
     """Train a model on splits['train'], early-stopping on splits['val'].
 
-    `live` is a dvclive.Live (metrics per epoch); `progress` shows a tqdm bar on stderr;
+    `live` is a dvclive.Live (metrics per epoch); `progress`: a tqdm bar on stderr ("bar") or log lines at a steady cadence ("log");
     `on_epoch_end` is called with each epoch's history record after its checkpoint is written
     (raising from it stops the run there).
     """
@@ -306,7 +306,7 @@ def train_model(
     checkpointer = _checkpointer(checkpoint_dir, s, splits)
     checkpointer.restore(state)
     start = state.epoch
-    callbacks = epoch_callbacks(live, progress, on_epoch_end, p.epochs, start, state.history)
+    callbacks = epoch_callbacks(live, progress, on_epoch_end, p.epochs, start, state.history, len(s.x_train))
 
     stopped = False
     for epoch in range(start, p.epochs):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from stages.training.callbacks import LiveLog, ProgressBar, close_callbacks, epoch_callbacks
+from tests.conftest import subprocess_env
 
 
 class FakeLive:
@@ -37,3 +41,42 @@ def test_a_resumed_run_replays_its_epochs_to_dvclive_and_starts_its_bar_there(ca
     bar(_rec(3))
     close_callbacks([live_log, bar])
     assert len(live.steps) == 4 and "3/5" in capsys.readouterr().err
+
+
+def test_progress_log_every_tenth_of_the_run_or_ten_seconds(caplog):
+    """Off a terminal a 54k-row run printed nothing for 3 minutes (the bar needs a tty)."""
+    from stages.training.callbacks import ProgressLog
+
+    now = [0.0]
+    progress = ProgressLog(total=100, initial=0, rows=5000, clock=lambda: now[0])
+    logged = []
+    with caplog.at_level("INFO", logger="stages.training.callbacks"):
+        for epoch in range(1, 101):
+            now[0] += 0.5 if epoch <= 50 else 3.0  # slow down halfway: the time rule takes over
+            progress({"epoch": epoch, "train_loss": 1.0, "val_loss": 2.0})
+            if caplog.records:
+                logged.append(epoch)
+                caplog.clear()
+    assert logged[:5] == [10, 20, 30, 40, 50]  # every 10% while an epoch takes 0.5 s
+    assert logged[5:] == [54, 58, 62, 66, 70, 74, 78, 82, 86, 90, 94, 98, 100]  # then every 10 s, and the end
+
+
+def test_progress_log_line_has_losses_speed_and_time_left(caplog):
+    from stages.training.callbacks import ProgressLog
+
+    now = [100.0]
+    progress = ProgressLog(total=40, initial=0, rows=1000, clock=lambda: now[0])
+    now[0] += 8.0  # 4 epochs in 8 s: 2 s an epoch, 500 samples/s, 36 epochs (72 s) at most left
+    with caplog.at_level("INFO", logger="stages.training.callbacks"):
+        progress({"epoch": 4, "train_loss": 0.5, "val_loss": 0.75})
+    assert caplog.messages == ["epoch 4/40: train loss 0.5, val loss 0.75, 500 samples/s, at most 72 s left"]
+
+
+def test_the_train_stage_logs_progress_off_a_terminal(tmp_path):
+    from tests.training.test_train import _stage_dir
+
+    work = _stage_dir(tmp_path, epochs=20)
+    proc = subprocess.run([sys.executable, "-m", "stages.train"], cwd=work, env=subprocess_env(),
+                          capture_output=True, text=True, check=True)
+    lines = [x for x in proc.stderr.splitlines() if "samples/s" in x]
+    assert len(lines) >= 2 and "epoch 2/20: train loss" in lines[0]

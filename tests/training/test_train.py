@@ -243,7 +243,7 @@ def test_progress_bar_only_when_asked(capsys) -> None:
     splits, meta = _regression_case()
     train_model(small(epochs=3), splits, meta)
     assert "epoch" not in capsys.readouterr().err
-    train_model(small(epochs=3), splits, meta, progress=True)
+    train_model(small(epochs=3), splits, meta, progress="bar")
     assert "3/3" in capsys.readouterr().err
 
 
