@@ -153,9 +153,13 @@ def judge_gap(params: EvaluateParams, task: str, metrics: dict[str, Any]) -> Jud
     gap_z = diff / se if se > 0 else None
     j = Judgement(numbers={"gap": gap, "gap_vs_baseline": diff / max(float(metrics["baseline"]["val"][loss]), TINY),
                            "gap_z": gap_z})
-    per = "train" if train_loss >= floor_train else f"{_pct(params.negligible)} of the baseline's train {name}"
-    text = (f"generalisation gap (val - train) / {per} = {_pct(gap)}: val {name} {_num(val_loss)} "
-            f"vs train {_num(train_loss)} (overfit above {_pct(params.overfit_gap)})")
+    if train_loss >= floor_train:
+        text = (f"generalisation gap: val {name} {_num(val_loss)} is {_pct(abs(gap))} {'above' if gap >= 0 else 'below'} "
+                f"train {name} {_num(train_loss)} (overfit above {_pct(params.overfit_gap)})")
+    else:  # a train loss near 0 would make any gap huge: measure it against the baseline instead
+        text = (f"generalisation gap: train {name} {_num(train_loss)} is near 0, so val - train = {_num(diff)} is "
+                f"measured against {_pct(params.negligible)} of the constant baseline's train {name} "
+                f"({_num(floor_train)}): {_pct(gap)} (overfit above {_pct(params.overfit_gap)})")
     if gap <= params.overfit_gap:
         j.passed.append(text)
     elif diff <= floor_val:
@@ -179,9 +183,9 @@ def judge_curve(params: EvaluateParams, curve: dict[str, Any] | None, restored_b
     early = curve["best_epoch_fraction"] < params.early_best_fraction
     rose = curve["val_rise"] > params.val_rise
     shape = (f"val loss bottomed out at epoch {curve['best_epoch']} of {curve['epochs_run']} "
-             f"({_pct(curve['best_epoch_fraction'])} of the run) and ended {_pct(curve['val_rise'])} "
-             f"above its minimum (overfit when before {_pct(params.early_best_fraction)} "
-             f"and above {_pct(params.val_rise)})")
+             f"({_pct(curve['best_epoch_fraction'])} of the way through) and ended {_pct(curve['val_rise'])} "
+             f"above that minimum (overfitting shows as a minimum in the first {_pct(params.early_best_fraction)} "
+             f"of the run followed by a rise of more than {_pct(params.val_rise)})")
     if curve["best_epoch"] == curve["epochs_run"]:
         shape = (f"val loss was lowest at the last epoch ({curve['epochs_run']}): "
                  "the learning curve shows no overfitting")

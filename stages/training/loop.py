@@ -361,7 +361,8 @@ def _finish(s: TrainingSetup, state: RunState, start: int, stopped: bool) -> Tra
         "resumed_from_epoch": start,
         "world_size": s.sharded.world.size,
     }
-    log.info("trained %d epochs in %.1f s: train %s %.4g, val %.4g (best %.4g at epoch %d)",
-             state.epoch, state.elapsed, s.cfg.loss, final["train_loss"], final["val_loss"],
-             stopper.best_loss, stopper.best_epoch)
+    kept = (f"the epoch-{stopper.best_epoch} weights (best val {stopper.best_loss:.4g}) are kept" if restored
+            else f"best val {stopper.best_loss:.4g} at epoch {stopper.best_epoch}")
+    log.info("trained %d epochs in %.1f s: last epoch train %s %.4g, val %.4g; %s", state.epoch, state.elapsed,
+             s.cfg.loss, final["train_loss"], final["val_loss"], kept)
     return TrainResult(model=s.model, config=s.cfg, metrics=metrics, history=state.history)

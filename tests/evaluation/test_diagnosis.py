@@ -241,3 +241,13 @@ def test_read_curve_numbers():
     assert c["best_epoch_fraction"] == pytest.approx(0.75)
     assert c["val_rise"] == pytest.approx(1.0)  # last 10% -> the last epoch: 2.0 vs 1.0
     assert read_curve([]) is None
+
+
+def test_fit_sentences_read_at_first_sight():
+    """fit.md said 'generalisation gap (val - train) / 1.0% of the baseline's train log loss = 141.9%'."""
+    fit = fit_diagnosis(P, reg_metrics(1.0, 1.05), FLAT, reg_meta())
+    assert "generalisation gap: val MSE 1.05 is 5.0% above train MSE 1 (overfit above 30.0%)" in fit["reasons"]
+    near_zero = fit_diagnosis(P, reg_metrics(0.001, 0.05), FLAT, reg_meta(None))
+    (gap,) = [r for r in near_zero["reasons"] + near_zero["notes"] if "generalisation gap" in r]
+    assert "train MSE 0.001 is near 0, so val - train = 0.049 is measured against 1.0% of the constant " \
+           "baseline's train MSE (0.25): 19.6% (overfit above 30.0%)" in gap
