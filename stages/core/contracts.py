@@ -77,6 +77,28 @@ FLOW_LOCK_PATH = DVC_TMP_DIR / "fitline-flow.lock"  # one flow run per workspace
 # ------------------------------------------------------------------------ data/meta.json
 
 
+ColumnKind = Literal["numeric", "boolean", "categorical", "datetime"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One feature column as the model takes it (raw, as in the user's file).
+
+    numeric: floats, NaN for missing. boolean and categorical: values compared as strings
+    (`stages.data.encoding.category_keys`), the model knowing `vocabulary` (the train split's
+    categories, rare ones pooled out); anything else is the unknown category, a missing value
+    its own. datetime: parsed timestamps, passed to the model as days since 1970-01-01 (UTC)."""
+
+    name: str
+    kind: ColumnKind = "numeric"
+    missing_rate: float = 0.0  # share of the train split's rows without a value
+    vocabulary: list[str] | None = None  # boolean and categorical
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Column:
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+
 @dataclass(frozen=True)
 class Meta:
     """data/meta.json: what generate made (task, columns, rows per split, classes, ground truth),
@@ -95,9 +117,23 @@ class Meta:
     seed: int | None = None
     n_features: int = 0
     ground_truth: dict[str, Any] | None = None  # synthetic data: how it was made
+    columns: list[Column] | None = None  # the features' schema; None: every feature numeric, none missing
+    dropped: dict[str, str] | None = None  # columns of the user's file left out, and why
+    target_missing: int | None = None  # rows of the user's file dropped for a missing target
 
     REQUIRED = ("task", "feature_names", "target")
-    OMITTED_WHEN_NONE = ("class_counts", "source_sha256")  # the others are written as null
+    # the others are written as null (the files of the numeric-only runs keep their bytes)
+    OMITTED_WHEN_NONE = ("class_counts", "source_sha256", "columns", "dropped", "target_missing")
+
+    def __post_init__(self) -> None:
+        if self.columns is not None and [c.name for c in self.columns] != list(self.feature_names):
+            raise DataError(f"{META_PATH}: columns {[c.name for c in self.columns]} are not the features "
+                            f"{self.feature_names} (re-run the generate stage)")
+
+    @property
+    def schema(self) -> list[Column]:
+        """Every feature's Column (numeric ones made up when the file has no schema)."""
+        return self.columns if self.columns is not None else [Column(n) for n in self.feature_names]
 
     @property
     def n_classes(self) -> int | None:
@@ -118,6 +154,8 @@ class Meta:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
         values.setdefault("n_features", len(raw["feature_names"]))
+        if values.get("columns") is not None:
+            values["columns"] = [Column.from_dict(c) for c in values["columns"]]
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +184,9 @@ class ModelConfig:
     scaling: str  # standard | none
     loss: str | None = None  # the training loss (optim.resolve_loss)
     huber_delta: float = 1.0
+    # the raw-row additions; absent in a numeric-only model (its file keeps its bytes)
+    columns: list[Column] | None = None  # the inputs' schema (Meta.columns)
+    target_transform: str | None = None  # none | log1p: predictions come back in the target's units
 
     @classmethod
     def from_dict(cls, raw: Any, where: str | Path = MODEL_PATH) -> ModelConfig:
@@ -155,10 +196,21 @@ class ModelConfig:
         missing = [k for k in known[:11] if k not in raw]
         if missing:
             raise DataError(f"{where}: the model's config lacks {', '.join(missing)} (re-run the train stage)")
-        return cls(**{k: raw[k] for k in known if k in raw})
+        values = {k: raw[k] for k in known if k in raw}
+        if values.get("columns") is not None:
+            values["columns"] = [Column.from_dict(c) for c in values["columns"]]
+        return cls(**values)
+
+    @property
+    def schema(self) -> list[Column]:
+        return self.columns if self.columns is not None else [Column(n) for n in self.feature_names]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for key in ("columns", "target_transform"):
+            if out[key] is None:
+                del out[key]
+        return out
 
 
 def load_meta(data_dir: str | Path = DATA_DIR) -> Meta:
