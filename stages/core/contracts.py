@@ -67,6 +67,10 @@ COMPARE_REPORT_PATH = REPORTS_DIR / "compare.md"
 COMPARE_CURVES_PATH = REPORTS_DIR / "compare.csv"
 COMPARE_CHART_PATH = REPORTS_DIR / "compare.png"
 
+# monitoring (`fitline monitor`, the fitline-monitor deployment)
+MONITOR_REPORT_PATH = REPORTS_DIR / "monitor.json"
+INCOMING_DIR = DATA_DIR / "incoming"  # batches the scheduled monitor checks
+
 # the flows' own state, inside DVC's scratch folder (git- and DVC-ignored)
 DVC_TMP_DIR = Path(".dvc") / "tmp"
 PIPELINE_CACHE_DIR = DVC_TMP_DIR / "fitline-prefect-cache"  # Prefect task results of `fitline run`

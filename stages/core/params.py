@@ -379,6 +379,19 @@ class SweepParams(Section):
 # -------------------------------------------------------------------------------------- all
 
 
+# ------------------------------------------------------------------------------------ monitor
+
+
+class MonitorParams(Section):
+    # a column drifts when its shift is significant (KS / chi-square p below p_value) and large
+    # (population stability index above psi); both, so neither noise nor a tiny sure shift alarms
+    p_value: float = Field(0.01, gt=0, lt=1)
+    psi: float = Field(0.2, gt=0)
+    missing_rate_tol: float = Field(0.1, ge=0, le=1)  # a column's missing share may exceed train's by this
+    outlier_tol: float = Field(0.01, ge=0, le=1)  # share of values outside train's range allowed
+    min_rows: int = Field(30, ge=1)  # fewer rows in a batch: cannot judge (exit 2)
+
+
 class Params(Section):
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -387,6 +400,7 @@ class Params(Section):
     export: ExportParams = ExportParams()
     gate: GateParams = GateParams()
     sweep: SweepParams = SweepParams()
+    monitor: MonitorParams = MonitorParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
