@@ -54,7 +54,7 @@ def write_outputs(ev: Evaluation, splits: dict[str, Split], meta: Meta, history:
     write_text(reports_dir / CONFUSION_CSV.name, categories)
     verdict = report["fit"]["verdict"]
     plots.learning_curves_png(history, reports_dir / LEARNING_CURVES_PNG.name, LOSS_LABEL.get(report["fit"]["loss"], "loss"),
-                              title=f"learning curves (verdict: {verdict})")
+                              title=f"learning curves (verdict: {verdict})", noise_floor=report["fit"]["noise_floor"])
     if task == "regression":
         idx = sample_rows(len(y), params.plot_points)
         plots.pred_vs_actual_png(y[idx], out[idx], reports_dir / PREDICTIONS_PNG.name,

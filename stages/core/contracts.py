@@ -51,6 +51,10 @@ LEARNING_CURVES_PNG = REPORTS_DIR / "learning_curves.png"
 PREDICTIONS_PNG = REPORTS_DIR / "predictions.png"
 FIT_REPORT_PATH = REPORTS_DIR / "fit.md"
 
+# card
+MODEL_CARD_PATH = REPORTS_DIR / "model_card.md"
+MODEL_CARD_HTML = REPORTS_DIR / "model_card.html"
+
 # export
 ONNX_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"

@@ -16,8 +16,9 @@ from stages.core.io import save_png
 
 
 def learning_curves_png(history: list[dict[str, Any]], dest: str | Path, loss_name: str = "loss",
-                        title: str = "") -> None:
-    """Train and val loss per epoch (log scale when positive), the best val epoch marked."""
+                        title: str = "", noise_floor: float | None = None) -> None:
+    """Train and val loss per epoch (log scale when positive), the best val epoch marked, and the
+    noise floor (the irreducible loss, known for synthetic data) that no model can go below."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     if history:
@@ -29,8 +30,11 @@ def learning_curves_png(history: list[dict[str, Any]], dest: str | Path, loss_na
         best = int(np.argmin(val))
         ax.axvline(epochs[best], color="grey", linestyle="--", linewidth=1,
                    label=f"best val (epoch {epochs[best]})")
-        if (train > 0).all() and (val > 0).all():
-            ax.set_yscale("log")
+        if noise_floor is not None:
+            ax.axhline(noise_floor, color="black", linestyle=":", linewidth=1.2,
+                       label=f"noise floor ({noise_floor:.4g}): the best any model can do")
+        if (train > 0).all() and (val > 0).all() and (noise_floor is None or noise_floor > 0):
+            _readable_log_axis(ax)
         ax.legend()
     else:
         ax.text(0.5, 0.5, "no training history", ha="center", va="center", transform=ax.transAxes)
@@ -40,6 +44,24 @@ def learning_curves_png(history: list[dict[str, Any]], dest: str | Path, loss_na
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     save_png(fig, dest)
+
+
+def _readable_log_axis(ax: Any) -> None:
+    """Log scale with plain-number tick labels (0.5, 1, 2, 5 rather than 10^-0.3 or none at all
+    when the data spans less than a decade)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(1.5, 3.0, 7.0)))
+    label = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.yaxis.set_major_formatter(label)
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}" if _few_decades(ax) else ""))
+
+
+def _few_decades(ax: Any) -> bool:
+    lo, hi = ax.get_ylim()
+    return lo > 0 and hi / lo < 30
 
 
 def pred_vs_actual_png(actual: np.ndarray, predicted: np.ndarray, dest: str | Path, title: str = "") -> None:
