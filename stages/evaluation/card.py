@@ -15,10 +15,11 @@ from typing import Any
 
 from stages.core.contracts import Meta
 from stages.core.params import LOSS_LABEL, Params
+from stages.evaluation.scoring import SMALL_SPLIT
 
 Block = tuple[Any, ...]  # ("h1"|"h2"|"p", text) | ("ul", [items]) | ("table", header, rows) | ("img", alt, path)
 
-SMALL_SPLIT = 100  # rows: below this a test metric moves by whole points with one row
+
 
 
 def _g(x: Any) -> str:

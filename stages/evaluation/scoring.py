@@ -7,6 +7,7 @@ metrics/eval.json and writes nothing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from stages.core.errors import DataError
 from stages.core.params import EvaluateParams
 from stages.data.splits import Split
 from stages.evaluation.diagnosis import fit_diagnosis
-from stages.evaluation.metrics import baseline_metrics, compute_metrics
+from stages.evaluation.metrics import baseline_metrics, bootstrap_ci, compute_metrics
 
 if TYPE_CHECKING:  # torch is imported where a model is run: the stage's error paths stay light
     from torch import nn
@@ -29,6 +30,11 @@ if TYPE_CHECKING:  # torch is imported where a model is run: the stage's error p
 class Evaluation:
     report: dict[str, Any]  # the content of metrics/eval.json
     outputs: dict[str, np.ndarray]  # per split: predictions (N,) or logits (N, K)
+
+
+log = logging.getLogger(__name__)
+
+SMALL_SPLIT = 100  # rows: below this a split's metrics move by whole points with one row
 
 
 def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -56,6 +62,12 @@ def score_outputs(params: EvaluateParams, outputs: dict[str, np.ndarray], splits
         if not np.isfinite(out).all():
             raise DataError(f"evaluate: the model gives non-finite outputs on the {name} split")
         report[name] = {**compute_metrics(task, splits[name].y, out, n_classes), "n": int(len(out))}
+        if len(out) < SMALL_SPLIT:
+            log.warning("the %s split has %d rows: one row moves its metrics by %.1f points; give it more "
+                        "rows (data.split) or more data", name, len(out), 100 / max(len(out), 1))
+    held_out = "test" if "test" in names else "val"
+    # intervals next to the held-out metrics (seeded: the same run gives the same bytes)
+    report[held_out]["ci"] = bootstrap_ci(task, splits[held_out].y, outputs[held_out])
     y_train = splits["train"].y
     report["baseline"] = {name: baseline_metrics(task, y_train, splits[name].y, n_classes) for name in names}
     truth = meta.ground_truth

@@ -182,9 +182,17 @@ class MetricMissing(LookupError):
     """The path does not lead to a value; the message says where it stopped."""
 
 
+CI_BOUNDS = {"ci_low": "low", "ci_high": "high"}
+
+
 def lookup(metrics: Mapping[str, Any], path: str) -> Any:
-    """The value at a dotted path in {file prefix: parsed JSON}; list items by integer index."""
+    """The value at a dotted path in {file prefix: parsed JSON}; list items by integer index.
+
+    `<split>.<metric>.ci_low` / `.ci_high` name the bounds of the metric's confidence interval
+    (stored as `<split>.ci.<metric>.low` / `.high` in eval.json)."""
     prefix, *keys = path.split(".")
+    if len(keys) >= 3 and keys[-1] in CI_BOUNDS:
+        keys = [*keys[:-2], "ci", keys[-2], CI_BOUNDS[keys[-1]]]
     if prefix not in metrics:
         raise MetricMissing(f"{METRICS_FILES.get(prefix, prefix)} not available")
     node: Any = metrics[prefix]
