@@ -401,3 +401,30 @@ def test_example_params_give_their_verdict_with_dvc_repro(tmp_path, name, monkey
     plots = run_cmd(["dvc", "plots", "show", "--json"], repo).stdout
     assert "reports/predictions.csv" in plots
     shutil.rmtree(repo)
+
+
+def test_test_metrics_carry_seeded_bootstrap_intervals():
+    from stages.evaluation.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=400)
+    pred = y + rng.normal(scale=0.5, size=400)
+    ci = bootstrap_ci("regression", y, pred)
+    mse = float(np.mean((pred - y) ** 2))
+    assert ci["mse"]["low"] < mse < ci["mse"]["high"] and ci["rmse"]["low"] == pytest.approx(np.sqrt(ci["mse"]["low"]))
+    se = np.std((pred - y) ** 2) / np.sqrt(400)  # the CLT's interval, for comparison
+    assert ci["mse"]["high"] - ci["mse"]["low"] == pytest.approx(2 * 1.96 * se, rel=0.15)
+    assert bootstrap_ci("regression", y, pred) == ci  # seeded
+    labels = rng.integers(0, 3, size=300)
+    logits = np.eye(3)[labels] * 2 + rng.normal(size=(300, 3))
+    cls = bootstrap_ci("classification", labels, logits)
+    acc = float(np.mean(logits.argmax(1) == labels))
+    assert cls["accuracy"]["low"] < acc < cls["accuracy"]["high"] and set(cls) == {"accuracy", "log_loss"}
+
+
+def test_the_gate_names_interval_bounds():
+    from stages.tools.gate_rules import lookup
+
+    metrics = {"eval": {"test": {"r2": 0.95, "ci": {"r2": {"low": 0.93, "high": 0.96}}}}}
+    assert lookup(metrics, "eval.test.r2.ci_low") == 0.93 and lookup(metrics, "eval.test.r2.ci_high") == 0.96
+    assert lookup(metrics, "eval.test.r2") == 0.95
