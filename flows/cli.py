@@ -12,13 +12,65 @@ app = typer.Typer(
 )
 
 
-@app.command()
-def repro() -> None:
-    """Reproduce the pipeline with DVC (the same as `dvc repro`)."""
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def repro(ctx: typer.Context) -> None:
+    """Reproduce the pipeline: `dvc repro [ARGS]` with this venv's Python first on PATH.
+
+    The stage commands (`python -m stages.<name>`) run with this venv's Python, activated or
+    not. ARGS go to DVC: `fitline repro train`, `fitline repro -f`; `dvc repro --help` lists them.
+    """
     import subprocess
     import sys
 
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "dvc", "repro"]))
+    from flows.stage_run import dvc_env
+
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "dvc", "repro", *ctx.args], env=dvc_env()))
+
+
+def _announce(line: str) -> None:
+    """Where a command says which Prefect server it uses: one line on stderr."""
+    typer.echo(line, err=True)
+
+
+server_app = typer.Typer(
+    help="The local Prefect server that `fitline` commands share when PREFECT_API_URL is not set.",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
+
+
+def _server_call(fn):
+    from flows.local_server import LocalServerError
+
+    try:
+        return fn()
+    except LocalServerError as exc:
+        typer.echo(f"fitline server: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the local server on 127.0.0.1 (PREFECT_SERVER_API_PORT, default 4200) unless it runs."""
+    from flows.local_server import ensure_local_server
+
+    typer.echo(_server_call(ensure_local_server).describe())
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Say where the local server runs (starts nothing)."""
+    from flows.local_server import local_server_status
+
+    typer.echo(local_server_status())
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the local server (the process of $PREFECT_HOME/server.pid)."""
+    from flows.local_server import stop_local_server
+
+    typer.echo(_server_call(stop_local_server))
 
 
 # Commands of later stages are added below, one function each, importing lazily.
@@ -51,8 +103,14 @@ def predict(
 ) -> None:
     """Predict with an exported ONNX model using ONNX Runtime alone (no torch).
 
-    Output: the input's non-feature columns (ids, the target) passed through, then `prediction`
-    (regression) or `label` and `proba_<label>` (classification).
+    Input: rows as in your original file, in any column order.
+    Gaps, empty strings, unseen categories, booleans and dates are fine.
+    A value that is not a number in a numeric column is an error naming both.
+
+    Output: the input's other columns (ids, the target, ...) passed through,
+    then `prediction` (regression) or `label` and `proba_<label>`.
+    A prediction column whose name the input already has gets `_predicted`
+    appended (`label` -> `label_predicted`): nothing is refused or overwritten.
     """
     from stages.serving.predict import main as predict_main
 
@@ -74,7 +132,7 @@ def run(
     from stages.core.errors import FitlineError
 
     try:
-        run_pipeline(root, retries, retry_delay, lock_timeout, pull=pull, push=push)
+        run_pipeline(root, retries, retry_delay, lock_timeout, pull=pull, push=push, announce=_announce)
     except FitlineError as exc:
         typer.echo(f"fitline run: error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -91,8 +149,15 @@ def history(
 ) -> None:
     """Metrics per commit, oldest to newest, read back from the Prefect API (artifact fitline-metrics)."""
     from flows.history import default_columns, format_history, per_commit, read_history
+    from flows.local_server import prefect_api
+    from stages.core.errors import FitlineError
 
-    entries = read_history()
+    try:
+        with prefect_api(_announce):
+            entries = read_history()
+    except FitlineError as exc:
+        typer.echo(f"fitline history: error: {exc}", err=True)
+        raise typer.Exit(1) from None
     if not all_runs:
         entries = per_commit(entries)
     columns = metric or (None if every else default_columns(entries, root))
@@ -106,10 +171,15 @@ def serve(
     root: str = typer.Option(".", "--root", help="DVC workspace the runs use."),
     retries: int = typer.Option(2, "--retries", min=0, help="retries of a stage after a transient failure."),
 ) -> None:
-    """Serve the pipeline on a cron schedule from this process (needs `prefect server start`)."""
+    """Serve the pipeline on a cron schedule from this process (PREFECT_API_URL's server, else the local one)."""
     from flows.pipeline import serve_pipeline
+    from stages.core.errors import FitlineError
 
-    serve_pipeline(root=root, cron=cron, name=name, retries=retries)
+    try:
+        serve_pipeline(root=root, cron=cron, name=name, retries=retries, announce=_announce)
+    except FitlineError as exc:
+        typer.echo(f"fitline serve: error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 _RUNNER_HELP = "threads | processes | dask (default: params sweep.runner)."
@@ -130,7 +200,8 @@ def sweep(
     from stages.core.errors import FitlineError
 
     try:
-        result = run_sweep(root, runner=runner, workers=workers, dask_address=dask_address, apply=apply)
+        result = run_sweep(root, runner=runner, workers=workers, dask_address=dask_address, apply=apply,
+                           announce=_announce)
     except FitlineError as exc:
         typer.echo(f"fitline sweep: error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -158,7 +229,7 @@ def compare(
     from stages.core.errors import FitlineError
 
     try:
-        result = run_compare(root, runner=runner, workers=workers, dask_address=dask_address)
+        result = run_compare(root, runner=runner, workers=workers, dask_address=dask_address, announce=_announce)
     except FitlineError as exc:
         typer.echo(f"fitline compare: error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -10,6 +10,8 @@ from __future__ import annotations
 # first: Prefect reads its settings when it is first imported
 import flows.prefect_env  # noqa: F401  # isort: skip
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from stages.core.errors import FitlineError
 from stages.core.params import load_params
 from stages.tools.compare import Comparison, compare, compare_plan, report_markdown, write_comparison
 from stages.tools.sweep import check_validated, trial_params
+
+log = logging.getLogger(__name__)
 
 FLOW_NAME = "fitline-compare"
 ARTIFACT_KEY = "fitline-compare"
@@ -63,7 +67,8 @@ def compare_flow(root: str = ".", torch_threads: int | None = None, workers: int
 
 
 def run_compare(root: str | Path = ".", *, runner: str | None = None, workers: int | None = None,
-                dask_address: str | None = None, dask_processes: bool = True) -> CompareResult:
+                dask_address: str | None = None, dask_processes: bool = True,
+                announce: Callable[[str], object] = log.info) -> CompareResult:
     """What `fitline compare` does. Params and data are checked before Prefect starts."""
     workspace = Path(root).resolve()
     params = load_params(workspace / PARAMS_PATH)
@@ -71,7 +76,7 @@ def run_compare(root: str | Path = ".", *, runner: str | None = None, workers: i
     for overrides in compare_plan(params.train, params.sweep.compare):
         trial_params(params.train, overrides)
     check_validated(workspace)
-    result = call_flow(compare_flow, options, root=str(workspace), workers=options.workers)
+    result = call_flow(compare_flow, options, announce=announce, root=str(workspace), workers=options.workers)
     if not any(t["status"] == "ok" for t in result.comparison.kept.values()):
         raise FitlineError(f"every optimizer failed at every learning rate; see {COMPARE_REPORT_PATH}")
     return result

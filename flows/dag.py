@@ -246,6 +246,12 @@ class DvcWorkspace:
         finally:
             self.invalidate()
 
+    def git_outs(self) -> list[str]:
+        """Outputs the stages leave to git (`cache: false`), e.g. the committed metrics."""
+        outs = {os.path.relpath(o.fs_path, self.root) for s in _pipeline_stages(self.repo) for o in s.outs
+                if not o.use_cache}
+        return sorted(Path(p).as_posix() for p in outs)
+
     def metrics_paths(self) -> list[str]:
         """Metrics files the pipeline declares: top-level `metrics:` and outs with `metric: true`."""
         from dvc.repo.metrics.show import _collect_top_level_metrics

@@ -60,6 +60,14 @@ def git_commit(root: str | os.PathLike[str]) -> Commit:
     return Commit(sha=sha, branch=branch, dirty=bool(status) if status is not None else True)
 
 
+def uncommitted(root: str | os.PathLike[str], paths: list[str]) -> list[str]:
+    """Which of `paths` (and every dvc.lock and .gitignore) are changed from git's index or
+    untracked: what a run leaves for the user to `git add`."""
+    specs = [":(glob)**/dvc.lock", ":(glob)**/.gitignore", *paths]
+    listed = _git(Path(root), "ls-files", "--modified", "--others", "--exclude-standard", "--", *specs)
+    return list(dict.fromkeys((listed or "").splitlines()))
+
+
 def sha256_file(path: Path) -> str | None:
     """The file's sha256, or None when there is no such file."""
     return file_digest(path, "sha256") if path.is_file() else None

@@ -32,7 +32,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +45,15 @@ from prefect.states import Failed
 from prefect.tasks import exponential_backoff
 
 from flows.dag import DvcWorkspace, check_workspace
-from flows.history import Commit, git_commit, metrics_row, record_run
+from flows.history import Commit, git_commit, metrics_row, record_run, uncommitted
 from flows.interactive import command_line_run
+from flows.local_server import prefect_api
 from flows.stage_run import DvcRunner, StageFailed, repro_stage
 from flows.workspace_lock import workspace_lock
 from stages.core.contracts import PIPELINE_CACHE_DIR
 from stages.core.errors import FitlineError
+
+log = logging.getLogger(__name__)
 
 FLOW_NAME = "fitline-pipeline"
 # Prefect's cache records of a workspace live beside DVC's own temporary state: they describe
@@ -311,6 +314,8 @@ def _pipeline(root: str, retries: int, retry_delay_seconds: float, lock_timeout_
             ws.invalidate()
         states = _run_stages(ws, stage_task)
         _record_metrics(ws, commit, states)
+        if any(state != "Cached" for state in states.values()):
+            _git_hint(ws)
         if push:
             sync(str(workspace), "push")
         prune_cache(workspace)
@@ -330,6 +335,14 @@ def _run_stages(ws: DvcWorkspace, stage_task: Any) -> dict[str, str]:
             logger.error("stage %s failed; stages after it are not run", node.name)
             state.result()
     return states
+
+
+def _git_hint(ws: DvcWorkspace) -> None:
+    """DVC's "To track the changes with git" once per run, not once per stage (the DVC runner
+    silences it)."""
+    changed = uncommitted(ws.root, ws.git_outs())
+    if changed:
+        get_run_logger().info("To track the changes with git, run: git add %s", " ".join(changed))
 
 
 def _record_metrics(ws: DvcWorkspace, commit: Commit, states: dict[str, str]) -> None:
@@ -352,29 +365,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_pipeline(root: str = ".", retries: int = 2, retry_delay_seconds: float = 5.0,
-                 lock_timeout_seconds: float = 600.0, pull: bool = False, push: bool = False) -> dict[str, str]:
+                 lock_timeout_seconds: float = 600.0, pull: bool = False, push: bool = False,
+                 announce: Callable[[str], object] = log.info) -> dict[str, str]:
     """Run the flow (what `fitline run` and `python -m flows.pipeline` do).
+
+    Without PREFECT_API_URL the run uses the local Prefect server (flows/local_server.py),
+    started if needed; `announce` gets the line that says which.
 
     The flow tags its own run with the commit (`_tag_flow_run`). Not `with prefect.tags(...)`
     around the call: that tags every task run too, and a tagged task run asks the server for
     tag concurrency slots (and holds a lease) around its body, a round trip per stage.
     """
     workspace = check_workspace(root)  # before a flow run is created for a mistyped --root
-    with command_line_run():
+    with prefect_api(announce), command_line_run():
         return training_pipeline(root=str(workspace), retries=retries, retry_delay_seconds=retry_delay_seconds,
                                  lock_timeout_seconds=lock_timeout_seconds, pull=pull, push=push)
 
 
 def serve_pipeline(root: str = ".", cron: str = NIGHTLY_CRON, name: str = "fitline-nightly",
-                   retries: int = 2, pull: bool = False, push: bool = False) -> None:
-    """Serve the flow from this process on a cron schedule (blocks; Ctrl-C stops it)."""
-    training_pipeline.serve(name=name, cron=cron, tags=["fitline"],
-                            parameters={"root": str(Path(root).resolve()), "retries": retries, "pull": pull, "push": push})
+                   retries: int = 2, pull: bool = False, push: bool = False,
+                   announce: Callable[[str], object] = log.info) -> None:
+    """Serve the flow from this process on a cron schedule (blocks; Ctrl-C stops it), through
+    PREFECT_API_URL's server or else the local one."""
+    with prefect_api(announce):
+        training_pipeline.serve(name=name, cron=cron, tags=["fitline"],
+                                parameters={"root": str(Path(root).resolve()), "retries": retries,
+                                            "pull": pull, "push": push})
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    run_pipeline(args.root, args.retries, args.retry_delay, args.lock_timeout, pull=args.pull, push=args.push)
+    run_pipeline(args.root, args.retries, args.retry_delay, args.lock_timeout, pull=args.pull, push=args.push,
+                 announce=lambda line: print(line, file=sys.stderr))
 
 
 if __name__ == "__main__":

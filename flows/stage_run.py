@@ -127,6 +127,9 @@ for request in sys.stdin:
     returncode = 0
     try:
         with Repo(".") as repo:  # a fresh Repo reads dvc.yaml and dvc.lock as they are now
+            # no "To track the changes with git, run: ..." after every stage: the flow says it
+            # once at the end of the run (DVC's experiment executor sets the same switch)
+            repo.scm_context.quiet = True
             repo.reproduce(req["stage"], single_item=True)
     except Exception as exc:  # reported like the dvc command reports it: one ERROR line
         returncode = 255

@@ -17,10 +17,9 @@ from __future__ import annotations
 # first: Prefect reads its settings when it is first imported
 import flows.prefect_env  # noqa: F401  # isort: skip
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.context import TaskRunContext
 
 from flows.interactive import command_line_run
+from flows.local_server import prefect_api
 from flows.prefect_env import set_defaults
 from stages.core.contracts import DATA_DIR, PARAMS_PATH, SWEEP_CACHE_DIR, SWEEP_LEADERBOARD_PATH, Meta, load_meta
 from stages.core.errors import FitlineError, ParamsError
@@ -249,43 +249,18 @@ class RunOptions:
         return threads_per_trial(self.workers, self.dask_address)
 
 
-@contextlib.contextmanager
-def shared_api() -> Iterator[None]:
-    """Point worker processes at this process's Prefect API.
+def call_flow(flow_fn, options: RunOptions, *, announce: Callable[[str], object] = log.info, **kwargs: Any) -> Any:
+    """Run a flow with the options' task runner; torch's thread count is restored afterwards.
 
-    Without PREFECT_API_URL, Prefect starts a temporary server on first use, and so would every
-    worker process of a process pool or a local Dask cluster: one server start per worker, and
-    task runs spread over throwaway databases. Start it here and hand its URL to the workers.
+    Without PREFECT_API_URL, on the local Prefect server (started if needed; `announce` gets
+    the line that says so), whose URL worker processes of a process pool or a local Dask
+    cluster inherit: each would otherwise start a temporary server of its own.
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if PREFECT_API_URL.value():
-        yield
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()  # the same singleton Prefect's client would start
-    server.start()
-    before = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by processes spawned from now on
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield
-    finally:
-        if before is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = before
-
-
-def call_flow(flow_fn, options: RunOptions, **kwargs: Any) -> Any:
-    """Run a flow with the options' task runner; torch's thread count is restored afterwards."""
     import torch
 
     before = torch.get_num_threads()
-    in_process = options.runner == "threads" or (options.runner == "dask" and not options.dask_processes)
     try:
-        with contextlib.nullcontext() if in_process else shared_api(), command_line_run():
+        with prefect_api(announce), command_line_run():
             return flow_fn.with_options(task_runner=options.task_runner())(
                 torch_threads=options.torch_threads(), **kwargs)
     finally:
@@ -294,7 +269,7 @@ def call_flow(flow_fn, options: RunOptions, **kwargs: Any) -> Any:
 
 def run_sweep(root: str | Path = ".", *, grid: dict[str, list[Any]] | None = None, runner: str | None = None,
               workers: int | None = None, dask_address: str | None = None, dask_processes: bool = True,
-              apply: bool = False) -> SweepResult:
+              apply: bool = False, announce: Callable[[str], object] = log.info) -> SweepResult:
     """What `fitline sweep` does. Params and data are checked before Prefect starts (fast failure)."""
     workspace = Path(root).resolve()
     params = load_params(workspace / PARAMS_PATH)
@@ -303,7 +278,7 @@ def run_sweep(root: str | Path = ".", *, grid: dict[str, list[Any]] | None = Non
     plan_trials(params.train, dict(grid if grid is not None else params.sweep.grid))
     check_validated(workspace)
     log.info("sweep: %s runner, %d workers", options.runner, options.workers)
-    ranked = call_flow(sweep_flow, options, root=str(workspace), grid=grid)
+    ranked = call_flow(sweep_flow, options, announce=announce, root=str(workspace), grid=grid)
     result = SweepResult(ranked, leaderboard_rows(ranked, keys), keys)
     if result.best is None:
         raise FitlineError(f"every trial failed (the first: {ranked[0]['error']}); see {SWEEP_LEADERBOARD_PATH}"

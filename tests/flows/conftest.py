@@ -1,5 +1,6 @@
 """Fixtures of the flow tests: an isolated PREFECT_HOME, one Prefect test server for the whole
-session, and a tiny DVC pipeline (four stdlib-only stages) in a temporary git + DVC repo."""
+session (and no real background server started in-process), and a tiny DVC pipeline (four
+stdlib-only stages) in a temporary git + DVC repo."""
 
 from __future__ import annotations
 
@@ -133,6 +134,20 @@ def _toy_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def toy_repo(_toy_template: Path, tmp_path: Path) -> Path:
     """A fresh copy of the toy repo (git + DVC initialised once per session, copied per test)."""
     return Path(shutil.copytree(_toy_template, tmp_path / "repo", symlinks=True))
+
+
+@pytest.fixture(autouse=True)
+def _no_real_local_server(monkeypatch):
+    """A test that reaches flows.local_server without PREFECT_API_URL would start a real
+    background server that outlives it: fail instead (use `prefect_server`, or pass a stand-in
+    `command`; the slow test that starts a real one does it in a subprocess)."""
+    import flows.local_server
+
+    def refuse(port: int) -> list[str]:
+        raise AssertionError("this test would start a real background Prefect server: "
+                             "use the prefect_server fixture or a stand-in command")
+
+    monkeypatch.setattr(flows.local_server, "server_command", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,15 @@ def test_run_then_everything_cached(toy_repo, prefect_server):
     assert time.monotonic() - start < 15
 
 
+def test_one_git_hint_per_run_and_none_when_nothing_changed(toy_repo, prefect_server):
+    state = training_pipeline(root=str(toy_repo), retries=0, return_state=True)
+    hints = [line for line in _flow_run_logs(state.state_details.flow_run_id) if "git add" in line]
+    assert hints == ["To track the changes with git, run: git add dvc.lock metrics/c.json out/.gitignore"]
+    state = training_pipeline(root=str(toy_repo), retries=0, return_state=True)
+    assert state.result() == dict.fromkeys(ALL, "Cached")
+    assert not [line for line in _flow_run_logs(state.state_details.flow_run_id) if "git add" in line]
+
+
 def test_busy_workspace_fails_with_a_clear_message(toy_repo, prefect_server):
     with workspace_lock(toy_repo):
         with pytest.raises(WorkspaceBusy, match="another fitline flow run"):

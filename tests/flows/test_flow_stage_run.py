@@ -112,3 +112,12 @@ def test_dvc_runner_reproduces_stages_in_one_helper_process(toy_repo):
     assert "up to date" not in run_cmd(["dvc", "status"], toy_repo).stdout  # d never ran
     run_cmd(["dvc", "repro", "d"], toy_repo)
     assert "up to date" in run_cmd(["dvc", "status"], toy_repo).stdout
+
+
+def test_dvc_runner_prints_no_git_hint_per_stage(toy_repo):
+    """DVC's "To track the changes with git, run: ..." came after every stage of a flow run;
+    the flow says it once, at the end."""
+    with DvcRunner(toy_repo) as runner:
+        outputs = [runner.repro(stage).output for stage in ("a", "b")]
+    assert all("Running stage" in out for out in outputs)
+    assert not any("To track the changes with git" in out or "autostage" in out for out in outputs), outputs
