@@ -95,11 +95,38 @@ def gate(
     raise typer.Exit(result.exit_code)
 
 
+_MODEL_HELP = "exported model (default models/model.onnx; models/model.int8.onnx is the int8 one)"
+_STAGE_HELP = "serve the version that holds this stage (`fitline promote --stage ...`), from the DVC cache"
+_VERSION_HELP = "serve this registered version (e.g. v0.0.3; `fitline models` lists them)"
+
+
+def _model_path(model: str | None, stage: str | None, version: str | None) -> str:
+    """--model, or the ONNX file of the registered --stage / --version."""
+    if (stage or version) and model:
+        raise typer.BadParameter("give --model, or --stage / --version, not both")
+    if stage or version:
+        from stages.tools.registry import fetch_model
+
+        return str(fetch_model(".", stage=stage, version=version))
+    from stages.core.contracts import ONNX_PATH
+
+    return model or str(ONNX_PATH)
+
+
+def _run(name: str, fn) -> None:
+    """One line and the error's exit code for an expected failure (stages.core.errors.run_main)."""
+    from stages.core.errors import run_main
+
+    run_main(fn, name)
+
+
 @app.command()
 def predict(
-    model: str = typer.Option(..., "--model", metavar="FILE", help="exported model, e.g. models/model.int8.onnx"),
     input: str = typer.Option(..., "--input", metavar="FILE", help="rows to score (.parquet or .csv)"),  # noqa: A002
     output: str = typer.Option(..., "--output", metavar="FILE", help="where predictions go (.parquet or .csv)"),
+    model: str = typer.Option(None, "--model", metavar="FILE", help=_MODEL_HELP),
+    stage: str = typer.Option(None, "--stage", help=_STAGE_HELP),
+    version: str = typer.Option(None, "--version", help=_VERSION_HELP),
 ) -> None:
     """Predict with an exported ONNX model using ONNX Runtime alone (no torch).
 
@@ -112,9 +139,77 @@ def predict(
     A prediction column whose name the input already has gets `_predicted`
     appended (`label` -> `label_predicted`): nothing is refused or overwritten.
     """
-    from stages.serving.predict import main as predict_main
+    from stages.serving.predict import predict_file
 
-    predict_main(model, input, output)
+    _run("predict", lambda: predict_file(_model_path(model, stage, version), input, output))
+
+
+@app.command("serve-model")
+def serve_model(
+    model: str = typer.Option(None, "--model", metavar="FILE", help=_MODEL_HELP),
+    stage: str = typer.Option(None, "--stage", help=_STAGE_HELP),
+    version: str = typer.Option(None, "--version", help=_VERSION_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (loopback by default)."),
+    port: int = typer.Option(8080, "--port", min=1, max=65535),
+    max_body_bytes: int = typer.Option(16 * 2**20, "--max-body-bytes", min=1, help="larger request bodies get 413."),
+) -> None:
+    """Serve the model over HTTP (MLflow's scoring protocol): POST /invocations, GET /health,
+    /ping, /metadata. ONNX Runtime alone (no torch)."""
+    from stages.serving.server import serve
+
+    _run("serve-model", lambda: serve(_model_path(model, stage, version), host, port, max_body_bytes))
+
+
+@app.command()
+def monitor(
+    input: str = typer.Option(..., "--input", metavar="FILE", help="a batch of new rows (.csv or .parquet)"),  # noqa: A002
+    report: str = typer.Option(None, "--report", metavar="FILE", help="the JSON report (default reports/monitor.json)."),
+    root: str = typer.Option(".", "--root", help="workspace with the train/test splits and models/model.onnx."),
+) -> None:
+    """Check a batch against the training data and the model's test predictions: exit 0 no drift,
+    1 drift or invalid data (one line per problem), 2 cannot judge."""
+    from stages.core.contracts import MONITOR_REPORT_PATH
+    from stages.serving.monitor import run_monitor
+
+    _run("monitor", lambda: run_monitor(input, report or MONITOR_REPORT_PATH, root))
+
+
+@app.command()
+def promote(
+    stage: str = typer.Option("prod", "--stage", help="the stage the new version is assigned."),
+    bump: str = typer.Option("patch", "--bump", help="patch | minor | major"),
+) -> None:
+    """Gate HEAD against the version that holds the stage; only when it passes, register a new
+    version (GTO tag model@vX.Y.Z) and assign the stage. Exit 1: the gate refused (nothing
+    tagged); 2: a dirty workspace, outputs off dvc.lock, or a gate that cannot judge."""
+    from typing import get_args
+
+    from stages.tools.registry import Bump, promote as do_promote
+
+    if bump not in get_args(Bump):
+        raise typer.BadParameter(f"--bump {bump!r}: use one of {', '.join(get_args(Bump))}")
+
+    def go() -> None:
+        version, _ = do_promote(".", stage, bump)
+        typer.echo(f"model@{version} holds {stage}")
+
+    _run("promote", go)
+
+
+@app.command()
+def models() -> None:
+    """Registered versions, newest first: their stages, commit and test metrics."""
+    from stages.tools.registry import versions
+
+    def show() -> None:
+        rows = versions(".")
+        if not rows:
+            typer.echo("no registered versions (`fitline promote --stage prod` registers one)")
+        for v in rows:
+            shown = ", ".join(f"{k} {x:.4g}" for k, x in v.metrics.items())
+            typer.echo(f"{v.version:10} {','.join(v.stages) or '-':12} {v.commit[:10]}  {v.created}  {shown}")
+
+    _run("models", show)
 
 
 @app.command()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +19,7 @@ from stages.serving import onnx as onnx_export
 from stages.serving.drift import categorical_shift, ks_2samp, numeric_shift, psi
 from stages.serving.monitor import CannotJudge, DriftFound, column_problems, run_monitor
 from stages.training.loop import train_model
+from tests.conftest import ROOT, run_cmd
 
 P = MonitorParams()
 
@@ -25,6 +28,7 @@ P = MonitorParams()
 def workspace(tmp_path_factory):
     """A workspace with generated data and an exported model, as `dvc repro` leaves it."""
     root = tmp_path_factory.mktemp("ws")
+    (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     meta = generate.run(DataParams(kind="linear", n_samples=2000, n_features=4, n_informative=3, seed=2), root / DATA_DIR)
     splits = load_splits(root / DATA_DIR, meta)
     result = train_model(TrainParams(hidden=(8,), epochs=20, device="cpu"), splits, meta)
@@ -106,3 +110,21 @@ def test_drift_statistics_decisions():
     new = np.concatenate([rng.choice(["a", "b"], 300), np.array(["c"] * 200)])
     shift = categorical_shift("c", cats, new, 0.01, 0.2)
     assert shift.drifted and "40.0% of the batch in none of them" in shift.detail
+
+
+def test_the_cli_exit_codes_and_lines(workspace, tmp_path):
+    fitline = Path(sys.executable).parent / "fitline"
+    ok = _batch(workspace, tmp_path)
+    proc = run_cmd([str(fitline), "monitor", "--input", str(ok), "--root", str(workspace), "--report",
+                    str(tmp_path / "r.json")], tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr
+    shifted = tmp_path / "shifted.csv"
+    pd.read_csv(ok).assign(x1=lambda d: d["x1"] + 3.0).to_csv(shifted, index=False)
+    proc = run_cmd([str(fitline), "monitor", "--input", str(shifted), "--root", str(workspace), "--report",
+                    str(tmp_path / "r.json")], tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert re.search(r"^  x1: mean .*drifted", proc.stderr, re.M)
+    few = tmp_path / "few.csv"
+    pd.read_csv(ok).head(5).to_csv(few, index=False)
+    proc = run_cmd([str(fitline), "monitor", "--input", str(few), "--root", str(workspace)], tmp_path, check=False)
+    assert proc.returncode == 2 and "fitline monitor: error: the batch has 5 rows" in proc.stderr

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import subprocess
+import re
 import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
-from stages.tools.registry import GateRefused, RegistryError, fetch_model, promote, resolve, versions, workspace_problems
+from stages.tools.registry import (
+    GateRefused,
+    RegistryError,
+    fetch_model,
+    promote,
+    resolve,
+    versions,
+    workspace_problems,
+)
 from tests.conftest import make_pipeline_repo, run_cmd
 
 PARAMS = """\
@@ -72,6 +82,13 @@ def test_promote_tags_the_good_run_refuses_a_worse_one_and_serves_the_stage(tmp_
     assert listed.version == "v0.0.1" and listed.stages == ("prod",) and listed.metrics["r2"] > 0.5
     assert fetch_model(repo, stage="prod").read_bytes() == good_onnx
     assert fetch_model(repo, version="0.0.1").read_bytes() == good_onnx
-    models = subprocess.run([sys.executable, "-m", "flows.cli", "models"], cwd=repo, capture_output=True, text=True)
-    if models.returncode == 0:  # the CLI command, where it exists
-        assert "v0.0.1" in models.stdout and "prod" in models.stdout
+    fitline = str(Path(sys.executable).parent / "fitline")
+    models = run_cmd([fitline, "models"], repo)
+    assert re.match(r"v0\.0\.1\s+prod\s+[0-9a-f]{10}", models.stdout) and "r2 0." in models.stdout
+    pd.read_parquet(repo / "data" / "test.parquet").to_csv(repo / "rows.csv", index=False)
+    run_cmd([fitline, "predict", "--stage", "prod", "--input", "rows.csv", "--output", "p.csv"], repo)
+    run_cmd([fitline, "predict", "--model", str(repo / ".dvc/tmp/fitline-models/v0.0.1/model.onnx"),
+             "--input", "rows.csv", "--output", "q.csv"], repo)
+    assert (repo / "p.csv").read_text() == (repo / "q.csv").read_text()
+    refused = run_cmd([fitline, "promote", "--stage", "prod"], repo, check=False)
+    assert refused.returncode == 1 and "nothing tagged" in refused.stderr
