@@ -60,6 +60,8 @@ def test_prefect_yaml_deployment_runs_on_a_process_worker(toy_repo, prefect_serv
 
     deployment = _read_deployment(DEPLOYMENT)
     assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
+    monitor = _read_deployment("fitline-monitor/fitline-monitor")
+    assert [s.schedule.cron for s in monitor.schedules] == ["0 * * * *"] and monitor.entrypoint.endswith("monitor_incoming")
     assert deployment.work_pool_name == "fitline-process"
     assert deployment.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(toy_repo)}}]
