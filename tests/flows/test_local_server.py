@@ -6,7 +6,6 @@ starts and stops a real one through the `fitline` command."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
