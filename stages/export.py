@@ -18,12 +18,11 @@ from stages.core.contracts import (
 from stages.core.errors import run_main
 from stages.core.io import write_json
 from stages.core.params import load_params
-from stages.data.splits import load_splits
+from stages.data.splits import load_splits, read_split_frame
 from stages.serving.onnx import export_model
 from stages.training.models import load_model
 
 log = logging.getLogger(__name__)
-
 
 
 def main() -> None:
@@ -39,7 +38,9 @@ def main() -> None:
     # test, and train for static calibration only: val is not a dependency of this stage
     names = ("train", "test") if params.export.quantization == "static" else ("test",)
     splits = load_splits(DATA_DIR, meta, names=names)
-    metrics = export_model(params.export, model, cfg, splits)
+    # a raw-row model is checked (and calibrated) on the rows as users send them
+    frames = {n: read_split_frame(n, DATA_DIR) for n in names} if cfg.columns is not None else None
+    metrics = export_model(params.export, model, cfg, splits, frames=frames)
     write_json(EXPORT_METRICS_PATH, metrics)
     log.info("wrote %s, %s and %s", ONNX_PATH, INT8_PATH, EXPORT_METRICS_PATH)
 

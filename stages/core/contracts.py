@@ -195,6 +195,7 @@ class ModelConfig:
     # the raw-row additions; absent in a numeric-only model (its file keeps its bytes)
     columns: list[Column] | None = None  # the inputs' schema (Meta.columns)
     target_transform: str | None = None  # none | log1p: predictions come back in the target's units
+    max_one_hot: int | None = None  # categorical inputs up to this many categories one-hot (None: the default)
 
     @classmethod
     def from_dict(cls, raw: Any, where: str | Path = MODEL_PATH) -> ModelConfig:
@@ -215,7 +216,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("columns", "target_transform"):
+        for key in ("columns", "target_transform", "max_one_hot"):
             if out[key] is None:
                 del out[key]
         return out

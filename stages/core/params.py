@@ -23,7 +23,9 @@ from stages.core.errors import ParamsError
 # with a test comparing the keys, so params can never accept a name that nothing dispatches.
 
 DataSource = Literal["synthetic", "file"]
-DataKind = Literal["linear", "friedman", "classification"]  # synthetic data
+DataKind = Literal["linear", "friedman", "classification", "mixed"]  # synthetic data
+# a user file's column declared in data.columns: its kind (stages/data/columns.py), or left out
+ColumnOverride = Literal["numeric", "categorical", "datetime", "drop"]
 TaskName = Literal["regression", "classification"]
 DataTask = Literal["auto", TaskName]  # auto: inferred from the file's target column
 ModelKind = Literal["linear", "mlp"]
@@ -31,6 +33,8 @@ Scaling = Literal["standard", "none"]
 Activation = Literal["relu", "gelu", "tanh"]
 LossName = Literal["mse", "huber", "cross_entropy"]
 LossChoice = Literal["auto", LossName]  # auto: the task's own loss (stages/training/optim.py)
+TargetTransformName = Literal["none", "log1p"]  # applied inside the model (stages/training/targets.py)
+TargetTransformChoice = Literal["auto", TargetTransformName]  # auto: log1p for a skewed non-negative target
 OptimizerName = Literal["gd", "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
 Regularizer = Literal["none", "l1", "l2", "elastic_net"]
 Schedule = Literal["constant", "exponential", "step", "cosine"]
@@ -89,10 +93,21 @@ class DataParams(Section):
     split: SplitParams = SplitParams()
     seed: int = Field(42, ge=0, le=2**32 - 1)
     chunk_rows: int = Field(1_000_000, ge=1000)
+    # the user file's columns whose inferred kind is wrong: {name: numeric | categorical | ...}
+    columns: dict[str, ColumnOverride] = Field(default_factory=dict)
+    # categories seen on fewer train rows are pooled into "unknown" (file and mixed)
+    min_category_count: int = Field(5, ge=1)
+    missing_rate: float = Field(0.05, ge=0, lt=1)  # mixed: share of feature values blanked at random
 
     @model_validator(mode="after")
     def _consistent(self) -> DataParams:
+        if self.columns and self.source != "file":
+            raise ValueError(f"data.columns: {sorted(self.columns)} given, but only a user file "
+                             "(data.source: file) has columns to declare")
         if self.source == "file":
+            if self.target in self.columns:
+                raise ValueError(f"data.columns: {self.target!r} is the target (data.target); "
+                                 "declare feature columns only")
             if not self.path:
                 raise ValueError("data.path: required when data.source is 'file' (a .csv or .parquet file)")
             if Path(self.path).suffix.lower() not in TABLE_FORMATS:
@@ -181,6 +196,10 @@ class TrainParams(Section):
     hidden: tuple[int, ...] = (64, 64)
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)
+    # categorical and boolean columns with at most this many categories are one-hot inputs,
+    # larger ones learned embeddings (stages/training/preprocessing.py); 0 embeds every one
+    max_one_hot: int = Field(32, ge=0, le=100_000)
+    target_transform: TargetTransformChoice = "auto"
     loss: LossChoice = "auto"
     huber_delta: float = Field(1.0, gt=0)
     optimizer: OptimizerName = "adam"

@@ -65,10 +65,10 @@ def datetime_days(values: pd.Series) -> np.ndarray:
     """Days since 1970-01-01 UTC as float32; NaN where missing or not a date."""
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return values.astype("float64").to_numpy(np.float32, na_value=np.nan)  # already days
-    stamps = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
-    ns = stamps.astype("int64").to_numpy()
-    days = ns / DAY_NS
-    days[stamps.isna().to_numpy()] = np.nan
+    stamps = pd.to_datetime(values, errors="coerce", utc=True, format="mixed").dt.tz_convert(None)
+    # measured in days, not in raw ticks: pandas 3 parses text to microseconds and keeps a column's
+    # own unit (s, ms, us, ns), so dividing the int64 ticks by DAY_NS was off by 1000x and more
+    days = (stamps.to_numpy() - np.datetime64(0, "D")) / np.timedelta64(1, "D")
     return days.astype(np.float32)
 
 

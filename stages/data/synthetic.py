@@ -21,7 +21,7 @@ from stages.core.resources import check_fits
 from stages.data.splits import assign_splits, write_rows
 
 
-def _linear_truth(p: DataParams, rng: np.random.Generator) -> dict[str, Any]:
+def linear_truth(p: DataParams, rng: np.random.Generator) -> dict[str, Any]:
     informative = np.sort(rng.choice(p.n_features, p.n_informative, replace=False))
     coef = np.zeros(p.n_features)
     coef[informative] = rng.choice([-1.0, 1.0], p.n_informative) * rng.uniform(1.0, 3.0, p.n_informative)
@@ -96,7 +96,7 @@ def synthetic_data(p: DataParams, writers: dict[str, pq.ParquetWriter], names: l
         y_obs = np.where(flip, rng.integers(0, p.n_classes, p.n_samples), y_true)
         del flip
     elif p.kind == "linear":
-        truth = _linear_truth(p, rng)
+        truth = linear_truth(p, rng)
     else:
         truth = {"function": "friedman1", "informative": [0, 1, 2, 3, 4]}
     split_of = assign_splits(p.n_samples, p.split, rng, y_obs)

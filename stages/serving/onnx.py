@@ -4,13 +4,21 @@
    classification `probabilities` via softmax and `label` via argmax), is exported with the
    dynamo exporter as ONE file with a dynamic batch dimension, and checked by onnx.checker
    (full check). Feature names, target, task and class labels go into its metadata.
+   A model with a column schema (ModelConfig.columns) takes raw rows: the network, which takes
+   encode_frame's matrix, gets stages/serving/raw_graph.py's front (one input per column,
+   categories mapped by LabelEncoder), and the schema goes into the metadata. Without one the
+   graph is the numeric one (input `features`), byte for byte as before.
 2. Parity: ONNX Runtime fp32 against torch on the whole test split (regression predictions,
    classification probabilities); any output off by more than `parity_atol + parity_rtol *
    |torch output|` fails (float32 rounding grows with the output: a price of 1e5 is off by a
-   few 1e-3 from summation order alone).
-3. Int8 (see stages/serving/quantize.py); its main test metric (regression R², classification
-   accuracy) against the fp32 model's; a drop over `export.max_metric_drop` fails.
-4. Latency (median ms per call, batch 1 and 1024) for torch eager, ONNX fp32 and int8.
+   few 1e-3 from summation order alone). A raw-row graph is checked on the test split's raw
+   rows plus rows with missing values, empty strings and unseen categories
+   (stages/serving/rows.py): ONNX Runtime on onnx_inputs(rows), torch on encode_frame(rows).
+3. Int8 (see stages/serving/quantize.py: the network's MatMul/Gemm only); its main test metric
+   (regression R², classification accuracy) against the fp32 model's; a drop over
+   `export.max_metric_drop` fails.
+4. Latency (median ms per call, batch 1 and 1024) for torch eager, ONNX fp32 and int8 (the
+   ONNX engines on raw rows for a raw-row graph: what a caller pays).
 
 Both models are written to temporary files beside their destination and renamed only when
 every check passed: a failed export never replaces a good artifact.
@@ -30,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import pandas as pd
 import torch
 from torch import nn
 
@@ -37,10 +46,13 @@ from stages.core.contracts import INT8_NAME, MODELS_DIR, ONNX_NAME, ModelConfig
 from stages.core.errors import DataError, ExportError, first_line
 from stages.core.io import atomic_path
 from stages.core.params import ExportParams
+from stages.data.encoding import onnx_inputs
 from stages.data.splits import Split
 from stages.evaluation.metrics import regression_metrics
-from stages.serving.predict import CLASSIFICATION_OUTPUTS, INPUT_NAME, METADATA_KEY, REGRESSION_OUTPUTS, OnnxModel
-from stages.serving.quantize import calibration_rows, quantize_model
+from stages.serving.predict import INPUT_NAME, METADATA_KEY, OnnxModel, graph_output_names, task_outputs
+from stages.serving.quantize import calibration_index, calibration_rows, quantize_model
+from stages.serving.raw_graph import ENCODING, with_raw_inputs
+from stages.serving.rows import EDGE_ROWS, CheckRows, matrix_rows, raw_rows, tiled
 from stages.training.models import forward_chunks
 
 log = logging.getLogger(__name__)
@@ -74,14 +86,20 @@ class ServingModel(nn.Module):
 
 
 def model_metadata(cfg: ModelConfig) -> dict[str, Any]:
-    """What predict needs to serve the model, stored in the ONNX file."""
-    return {
+    """What predict needs to serve the model, stored in the ONNX file (stages/serving/predict.py
+    describes the keys); a numeric model's keeps the keys it always had."""
+    info: dict[str, Any] = {
         "task": cfg.task,
         "feature_names": list(cfg.feature_names),
         "target": cfg.target,
         "classes": list(cfg.classes) if cfg.classes is not None else None,
         "model": cfg.model,
     }
+    if cfg.columns is not None:
+        info["columns"] = [{"name": c.name, "kind": c.kind, "vocabulary": c.vocabulary} for c in cfg.columns]
+        info["encoding"] = ENCODING
+        info["outputs"] = graph_output_names(cfg.task, [c.name for c in cfg.columns])
+    return info
 
 
 def strip_debug_metadata(proto: onnx.ModelProto) -> None:
@@ -95,13 +113,14 @@ def strip_debug_metadata(proto: onnx.ModelProto) -> None:
     del proto.metadata_props[:]
 
 
-def export_onnx(model: nn.Module, cfg: ModelConfig, dest: Path, opset: int) -> None:
-    """Write `model` (eval mode, CPU) to `dest` as a single-file ONNX model and check it."""
+def export_network(model: nn.Module, cfg: ModelConfig, opset: int) -> onnx.ModelProto:
+    """`model` (eval mode, CPU) plus softmax/argmax as ONNX: input `features` [batch,
+    n_features] (the encoded matrix), outputs task_outputs(task); no fitline metadata yet."""
     task = cfg.task
     serving = ServingModel(model, task).eval()
     # batch 2, not 1: torch.export specialises sizes 0 and 1 instead of keeping them symbolic
     example = torch.zeros((2, int(cfg.n_features)), dtype=torch.float32)
-    outputs = REGRESSION_OUTPUTS if task == "regression" else CLASSIFICATION_OUTPUTS
+    outputs = task_outputs(task)
     try:
         with warnings.catch_warnings():
             # torch.export's deprecation notice about its own pytree internals, not about this call
@@ -115,6 +134,18 @@ def export_onnx(model: nn.Module, cfg: ModelConfig, dest: Path, opset: int) -> N
         raise ExportError(f"ONNX export failed: {type(exc).__name__}: {first_line(exc)}") from None
     proto = program.model_proto
     strip_debug_metadata(proto)
+    return proto
+
+
+def export_onnx(model: nn.Module, cfg: ModelConfig, dest: Path, opset: int) -> None:
+    """Write `model` to `dest` as a single-file ONNX model (raw-row inputs when cfg has a column
+    schema) with its fitline metadata, and check it."""
+    proto = export_network(model, cfg, opset)
+    if cfg.columns is not None:
+        try:
+            proto = with_raw_inputs(proto, cfg.columns, cfg.task)
+        except (ValueError, onnx.checker.ValidationError) as exc:  # onnx.compose's refusals
+            raise ExportError(f"adding the raw-row inputs failed: {first_line(exc)}") from None
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(model_metadata(cfg), sort_keys=True)})
     onnx.save_model(proto, str(dest))
     try:
@@ -145,10 +176,11 @@ def test_metric(task: str, y: np.ndarray, main_output: np.ndarray) -> float:
     return float((main_output.argmax(axis=1) == y).mean())
 
 
-def check_parity(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> tuple[float, float]:
+def check_parity(got: np.ndarray, want: np.ndarray, atol: float, rtol: float,
+                 rows: str = "the test split") -> tuple[float, float]:
     """ONNX outputs `got` against torch's `want`, element by element: |got - want| <= atol + rtol
     * |want|. Return (max abs difference, max of difference / allowed: 1.0 = at the tolerance);
-    over the tolerance (or NaN) is an ExportError naming the worst output."""
+    over the tolerance (or NaN) is an ExportError naming the worst output and the `rows`."""
     if not len(want):
         return 0.0, 0.0
     diff = np.abs(got.astype(np.float64) - want)
@@ -157,7 +189,7 @@ def check_parity(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) ->
     max_abs, max_scaled = float(diff.max()), float(scaled.max())
     if not max_scaled <= 1.0:  # also catches NaN
         raise ExportError(
-            f"ONNX fp32 output differs from torch on the test split by {diff.flat[worst]:.3g} where torch gives "
+            f"ONNX fp32 output differs from torch on {rows} by {diff.flat[worst]:.3g} where torch gives "
             f"{want.flat[worst]:.6g}, over export.parity_atol {atol:.3g} + export.parity_rtol {rtol:.3g} x |output| "
             f"(max abs difference {max_abs:.3g})"
         )
@@ -192,13 +224,22 @@ def measure_latency(
     return {e: {b: float(np.median(v)) for b, v in per.items()} for e, per in times.items()}
 
 
-def latency_inputs(x: np.ndarray) -> dict[str, np.ndarray]:
-    """Batch 1 and batch 1024 from the test rows (tiled when the split has fewer rows)."""
-    out = {}
-    for name, n in LATENCY_BATCHES.items():
-        reps = -(-n // len(x))
-        out[name] = np.ascontiguousarray(np.tile(x, (reps, 1))[:n])
-    return out
+def check_torch_finite(want: np.ndarray, rows: CheckRows) -> None:
+    """Torch's own output is a number on every raw row: NaN there (before any comparison) means
+    the model does not handle what users send, which no parity tolerance should hide."""
+    bad = np.isnan(want.reshape(len(want), -1)).any(axis=1)
+    if bad.any():
+        first = int(np.argmax(bad))
+        which = f"test row {first}" if first < rows.n_test else f"the added row with {EDGE_ROWS[first - rows.n_test]}"
+        raise ExportError(
+            f"the torch model outputs NaN on {int(bad.sum())} of {len(rows)} raw rows (first: {which}): it does "
+            "not handle missing values, empty strings or unseen categories (re-run the train stage)"
+        )
+
+
+def latency_inputs(rows: CheckRows) -> dict[str, CheckRows]:
+    """Batch 1 and batch 1024 from the test rows (repeated when the split has fewer rows)."""
+    return {name: tiled(rows, n) for name, n in LATENCY_BATCHES.items()}
 
 
 @contextlib.contextmanager
@@ -211,59 +252,88 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def engines_for(model: nn.Module, fp32: Path, int8: Path, threads: int) -> dict[str, Callable[[np.ndarray], object]]:
-    """Torch eager, ONNX fp32 and ONNX int8 as callables on a float32 batch."""
+def engines_for(model: nn.Module, fp32: Path, int8: Path, threads: int) -> dict[str, Callable[[CheckRows], object]]:
+    """Torch eager (on the encoded matrix), ONNX fp32 and ONNX int8 (on the graph's feeds) as
+    callables on a batch of CheckRows."""
     fp32_session, int8_session = OnnxModel(fp32, threads), OnnxModel(int8, threads)
 
-    def torch_eager(x: np.ndarray) -> object:
+    def torch_eager(rows: CheckRows) -> object:
         with torch.no_grad():
-            return model(torch.from_numpy(x))
+            return model(torch.from_numpy(rows.x))
 
-    return {"torch_eager": torch_eager, "onnx_fp32": fp32_session.run, "onnx_int8": int8_session.run}
+    return {"torch_eager": torch_eager, "onnx_fp32": lambda rows: fp32_session.run(rows.feeds),
+            "onnx_int8": lambda rows: int8_session.run(rows.feeds)}
 
 
-def latency(model: nn.Module, fp32: Path, int8: Path, x: np.ndarray, repeats: int) -> dict[str, dict[str, float]]:
+def latency(model: nn.Module, fp32: Path, int8: Path, rows: CheckRows, repeats: int) -> dict[str, dict[str, float]]:
     """Median ms per call at batch 1 and 1024 for each engine, single-threaded."""
     with torch_threads(LATENCY_THREADS):
         engines = engines_for(model, fp32, int8, LATENCY_THREADS)
-        return measure_latency(engines, latency_inputs(x), repeats)
+        return measure_latency(engines, latency_inputs(rows), repeats)
+
+
+def check_rows(cfg: ModelConfig, test: Split, frame: pd.DataFrame | None) -> CheckRows:
+    """What parity, the int8 metric and latency run on: the test matrix (numeric graph), or the
+    test split's raw rows plus the edge rows (raw-row graph)."""
+    if cfg.columns is None:
+        return matrix_rows(test.x)
+    if frame is None:
+        raise DataError("test split: a raw-row model is checked on the split's raw rows; none were given")
+    if len(frame) != len(test.y):
+        raise DataError(f"test split: {len(frame)} raw rows but {len(test.y)} targets (re-run the generate stage)")
+    return raw_rows(frame, cfg.columns, "test split")
+
+
+def calibration_input(params: ExportParams, cfg: ModelConfig, splits: dict[str, Split],
+                      frames: dict[str, pd.DataFrame] | None) -> np.ndarray | dict[str, np.ndarray] | None:
+    """Static quantisation's calibration rows from train, as the graph takes them (else None)."""
+    if params.quantization != "static":
+        return None
+    if cfg.columns is None:
+        return calibration_rows(splits["train"].x, params.calibration_rows)
+    if frames is None or "train" not in frames:
+        raise DataError("train split: static quantization of a raw-row model needs the split's raw rows")
+    train = frames["train"]
+    idx = calibration_index(len(train), params.calibration_rows)
+    return onnx_inputs(train if idx is None else train.iloc[idx], cfg.columns, "train split")
 
 
 def export_model(
-    params: ExportParams, model: nn.Module, cfg: ModelConfig, splits: dict[str, Split], out_dir: Path = MODELS_DIR
+    params: ExportParams, model: nn.Module, cfg: ModelConfig, splits: dict[str, Split], out_dir: Path = MODELS_DIR,
+    frames: dict[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
     """Export, check and quantise `model`; write out_dir/model.onnx and model.int8.onnx only
-    when every check passed; return the metrics for metrics/export.json."""
+    when every check passed; return the metrics for metrics/export.json. `frames`: the splits'
+    raw rows (read_split_frame), needed for a raw-row model: test, and train for static int8."""
     task, test = cfg.task, splits["test"]
     if len(test.y) == 0:
         raise DataError("test split: no rows to check the exported model on")
+    rows = check_rows(cfg, test, (frames or {}).get("test"))
+    where = "the test split" if cfg.columns is None else f"the test split's raw rows (+{len(rows) - rows.n_test} edge rows)"
     model = model.to("cpu").eval()
     fp32_dest, int8_dest = Path(out_dir) / ONNX_NAME, Path(out_dir) / INT8_NAME
     with atomic_path(fp32_dest) as fp32_tmp, atomic_path(int8_dest) as int8_tmp:
         t0 = time.perf_counter()
         export_onnx(model, cfg, fp32_tmp, params.opset)
         log.info("exported %s (%.1f s)", fp32_dest, time.perf_counter() - t0)
-        fp32 = OnnxModel(fp32_tmp)
-        ref = torch_primary(model, task, test.x)
-        onnx_fp32 = primary(task, fp32.run(test.x))
-        parity, parity_scaled = check_parity(onnx_fp32, ref, params.parity_atol, params.parity_rtol)
+        ref = torch_primary(model, task, rows.x)
+        if cfg.columns is not None:
+            check_torch_finite(ref, rows)
+        onnx_fp32 = primary(task, OnnxModel(fp32_tmp).run(rows.feeds))
+        parity, parity_scaled = check_parity(onnx_fp32, ref, params.parity_atol, params.parity_rtol, where)
 
-        calib = calibration_rows(splits["train"].x, params.calibration_rows) if params.quantization == "static" else None
-        quantize_model(fp32_tmp, int8_tmp, params.quantization, calib)
-        int8 = OnnxModel(int8_tmp)
-        name = metric_name(task)
-        scores = {
-            "torch": test_metric(task, test.y, ref),
-            "onnx_fp32": test_metric(task, test.y, onnx_fp32),
-            "onnx_int8": test_metric(task, test.y, primary(task, int8.run(test.x))),
-        }
+        quantize_model(fp32_tmp, int8_tmp, params.quantization, calibration_input(params, cfg, splits, frames))
+        onnx_int8 = primary(task, OnnxModel(int8_tmp).run(rows.feeds))
+        name, n = metric_name(task), rows.n_test
+        scores = {engine: test_metric(task, test.y, out[:n])
+                  for engine, out in (("torch", ref), ("onnx_fp32", onnx_fp32), ("onnx_int8", onnx_int8))}
         drop = check_metric_drop(name, scores["onnx_fp32"], scores["onnx_int8"], params.max_metric_drop)
         log.info("parity max abs %.3g; test %s: %s; int8 drop %.4f", parity, name,
                  ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), drop)
 
-        latency_ms = latency(model, fp32_tmp, int8_tmp, test.x, params.latency_repeats)
+        latency_ms = latency(model, fp32_tmp, int8_tmp, rows, params.latency_repeats)
         size_fp32, size_int8 = fp32_tmp.stat().st_size, int8_tmp.stat().st_size
-    return {
+    metrics = {
         "quantization": params.quantization,
         "int8_is_fp32_copy": params.quantization == "none",
         "opset": params.opset,
@@ -282,3 +352,6 @@ def export_model(
         "latency_repeats": params.latency_repeats,
         "latency_threads": LATENCY_THREADS,
     }
+    if cfg.columns is not None:  # only then: the numeric run's metrics file keeps its keys
+        metrics.update(inputs="raw columns", parity_rows=len(rows), parity_edge_rows=len(rows) - rows.n_test)
+    return metrics

@@ -4,6 +4,9 @@
 - `static`: QDQ format, activation ranges calibrated (MinMax) on training rows. Only the
   Gemm/MatMul nodes are quantised: quantising the softmax output or the regression output
   would round probabilities / predictions to 256 levels for no speed gain.
+
+Either way only the network's MatMul/Gemm change: a raw-row graph's front (LabelEncoder,
+Concat; stages/serving/raw_graph.py) has neither, so it stays as exported.
 - `none`: the fp32 model copied unchanged, so the int8 path (a DVC output) always exists.
 
 No torch here: this runs on the ONNX file alone.
@@ -65,13 +68,15 @@ def _prepared(src: Path) -> onnx.ModelProto:
     return model
 
 
-def calibration_reader(x: np.ndarray):  # -> CalibrationDataReader
+def calibration_reader(feeds: dict[str, np.ndarray]):  # -> CalibrationDataReader
     from onnxruntime.quantization import CalibrationDataReader
+
+    n = len(next(iter(feeds.values())))
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._batches = iter(
-                [{INPUT_NAME: x[i : i + CALIBRATION_BATCH]} for i in range(0, len(x), CALIBRATION_BATCH)]
+                [{k: v[i : i + CALIBRATION_BATCH] for k, v in feeds.items()} for i in range(0, n, CALIBRATION_BATCH)]
             )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -80,16 +85,24 @@ def calibration_reader(x: np.ndarray):  # -> CalibrationDataReader
     return _Reader()
 
 
+def calibration_index(n_rows: int, n: int, seed: int = 0) -> np.ndarray | None:
+    """`n` of `n_rows` row numbers drawn without replacement, sorted (seeded; a user file's train
+    rows may be sorted); None when n covers them all."""
+    if n >= n_rows:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_rows, n, replace=False))
+
+
 def calibration_rows(x_train: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """`n` train rows drawn without replacement (seeded; a user file's train rows may be sorted)."""
-    if n >= len(x_train):
-        return np.ascontiguousarray(x_train, dtype=np.float32)
-    idx = np.sort(np.random.default_rng(seed).choice(len(x_train), n, replace=False))
-    return np.ascontiguousarray(x_train[idx], dtype=np.float32)
+    """`n` train rows of the feature matrix (calibration_index)."""
+    idx = calibration_index(len(x_train), n, seed)
+    return np.ascontiguousarray(x_train if idx is None else x_train[idx], dtype=np.float32)
 
 
-def quantize_model(src: Path, dest: Path, mode: str, calibration: np.ndarray | None = None) -> None:
-    """Write the int8 version of the fp32 model `src` to `dest`, keeping its metadata."""
+def quantize_model(src: Path, dest: Path, mode: str,
+                   calibration: np.ndarray | dict[str, np.ndarray] | None = None) -> None:
+    """Write the int8 version of the fp32 model `src` to `dest`, keeping its metadata.
+    `calibration` (static): the feature matrix of a numeric graph, or the graph's feeds."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if mode not in get_args(Quantization):
@@ -102,10 +115,11 @@ def quantize_model(src: Path, dest: Path, mode: str, calibration: np.ndarray | N
             if mode == "dynamic":
                 quantize_dynamic(_prepared(src), dest, weight_type=QuantType.QInt8, op_types_to_quantize=QUANTISED_OPS)
             else:
-                if calibration is None or len(calibration) == 0:
+                feeds = {INPUT_NAME: calibration} if isinstance(calibration, np.ndarray) else calibration
+                if not feeds or len(next(iter(feeds.values()))) == 0:
                     raise ExportError("static quantization needs calibration rows (export.calibration_rows)")
                 quantize_static(
-                    _prepared(src), dest, calibration_reader(calibration),
+                    _prepared(src), dest, calibration_reader(feeds),
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTISED_OPS,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     per_channel=True, calibrate_method=CalibrationMethod.MinMax,

@@ -94,7 +94,6 @@ def _message(metrics: dict[str, float], root: Path) -> str:
 def versions(root: str | Path = ".") -> list[Version]:
     """Registered versions, newest first, with the stages they hold and their test metrics."""
     from gto import api as gto
-
     from gto.exceptions import ArtifactNotFound
 
     root = Path(root)

@@ -186,21 +186,22 @@ def eval_block(n: int, world: World = SINGLE) -> tuple[int, int]:
 
 
 class _RawForward(nn.Module):
-    """DDP syncs gradients of calls through its own forward: route the model's `raw` through it."""
+    """DDP syncs gradients of calls through its own forward: route the model's `head` (the training
+    forward on prepared rows) through it."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.raw(x)
+        return self.model.head(x)
 
 
 class ShardedTraining:
     """One rank's side of a training run sharded over the world (alone: the plain loop, unchanged).
 
     Not a model wrapper like torch's DataParallel: it holds what the loop needs per rank.
-    forward: the training forward (model.raw, through DDP when distributed);
+    forward: the training forward (model.head on prepared rows, through DDP when distributed);
     shard: this rank's rows and steps of each epoch; rows_of / evaluate / agree: see below.
     """
 
@@ -217,7 +218,7 @@ class ShardedTraining:
             self.forward: Callable[[torch.Tensor], torch.Tensor] = nn.parallel.DistributedDataParallel(
                 _RawForward(model), device_ids=ids, forward_sync_buffers=False)
         else:
-            self.forward = model.raw
+            self.forward = model.head
 
     @property
     def is_main(self) -> bool:

@@ -35,8 +35,16 @@ from stages.training import distributed, optim
 from stages.training.callbacks import EpochCallback, Progress, close_callbacks, epoch_callbacks
 from stages.training.checkpoint import Checkpointer, RunState, run_fingerprint
 from stages.training.early_stopping import EarlyStopping
-from stages.training.models import build_model, fit_scaling, set_dropout_generator, weight_tensors
+from stages.training.models import (
+    build_model,
+    fit_scaling,
+    network_size,
+    set_dropout_generator,
+    weight_tensors,
+)
 from stages.training.optim import lr_at, make_loss, make_optimizer, make_penalty_grad, resolve_loss
+from stages.training.preprocessing import check_encoded
+from stages.training.targets import resolve_target_transform
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +70,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_config(p: TrainParams, meta: Meta) -> ModelConfig:
-    """The model description saved with the weights."""
+def model_config(p: TrainParams, meta: Meta, y_train: np.ndarray | None = None) -> ModelConfig:
+    """The model description saved with the weights: the schema (meta.columns; None for all-numeric
+    data), and the target transform train.target_transform picks for the train targets `y_train`
+    (auto without them: none)."""
     task = meta.task
     classes = meta.classes if task == "classification" else None
     if task == "classification" and not classes:
         raise DataError(f"{META_PATH}: task is classification but 'classes' is empty")
+    columns = list(meta.columns) if meta.columns is not None else None
     return ModelConfig(
         task=task,
         feature_names=list(meta.feature_names),
@@ -82,6 +93,9 @@ def model_config(p: TrainParams, meta: Meta) -> ModelConfig:
         scaling=p.scaling,
         loss=resolve_loss(p.loss, task),
         huber_delta=p.huber_delta,
+        columns=columns,
+        target_transform=resolve_target_transform(p.target_transform, task, y_train),
+        max_one_hot=p.max_one_hot if columns is not None else None,  # numeric-only configs keep their bytes
     )
 
 
@@ -92,7 +106,9 @@ def _on_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def check_splits(splits: dict[str, Split], cfg: ModelConfig) -> None:
-    """Shapes, finiteness and label range: a bad split is a DataError, not a NaN loss later."""
+    """Shapes, finiteness and label range: a bad split is a DataError, not a NaN loss later.
+
+    With a schema, NaN is a missing value where the model imputes it (preprocessing.check_encoded)."""
     for name in ("train", "val"):
         if name not in splits:
             raise DataError(f"{split_path(name)}: split {name!r} missing")
@@ -102,7 +118,11 @@ def check_splits(splits: dict[str, Split], cfg: ModelConfig) -> None:
                 f"{split_path(name)}: features of shape {s.x.shape} with {len(s.y)} targets; "
                 f"expected rows x {cfg.n_features} and one target per row"
             )
-        if not np.isfinite(s.x).all():
+        if cfg.columns is not None:
+            problem = check_encoded(s.x, cfg.columns, train=name == "train")
+            if problem:
+                raise DataError(f"{split_path(name)}: {problem}")
+        elif not np.isfinite(s.x).all():
             raise DataError(f"{split_path(name)}: {int((~np.isfinite(s.x)).sum())} missing or infinite feature values")
         if cfg.task == "regression" and not np.isfinite(s.y).all():
             raise DataError(f"{split_path(name)}: {int((~np.isfinite(s.y)).sum())} missing or infinite targets")
@@ -114,13 +134,25 @@ def check_splits(splits: dict[str, Split], cfg: ModelConfig) -> None:
 
 
 @torch.inference_mode()
-def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: optim.LossFn) -> float:
-    """Mean loss of `model` (eval mode, target units) over a whole split, in chunks."""
+def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: optim.LossFn,
+                  prepared: bool = False) -> float:
+    """Mean loss of `model` (eval mode, target units) over a whole split, in chunks; `prepared`:
+    x is model.prepare's output (as the loop holds its splits), else raw features."""
     model.eval()
+    forward = (lambda rows: model.output(model.head(rows))) if prepared else model
     total = 0.0
     for i in range(0, len(x), EVAL_CHUNK):
-        total += float(loss_fn(model(x[i : i + EVAL_CHUNK]), y[i : i + EVAL_CHUNK])) * len(x[i : i + EVAL_CHUNK])
+        total += float(loss_fn(forward(x[i : i + EVAL_CHUNK]), y[i : i + EVAL_CHUNK])) * len(x[i : i + EVAL_CHUNK])
     return total / len(x)
+
+
+@torch.no_grad()
+def prepare_split(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A split as the model's `head` takes it, prepared once rather than every batch and epoch (the
+    same values: prepare has no trained part); the split itself for a numeric-only model."""
+    if getattr(model, "encoder", None) is None:
+        return x
+    return torch.cat([model.prepare(x[i : i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)])
 
 
 # ------------------------------------------------------------------------------------ set up
@@ -137,7 +169,7 @@ class TrainingSetup:
     autocast: Callable[[], Any]  # the training forward's context
     gens: dict[str, torch.Generator]  # "cpu": init, then the epochs' permutations; "dropout" if any
     model: nn.Module
-    x_train: torch.Tensor  # the splits on the device; targets in their own units
+    x_train: torch.Tensor  # the splits on the device, prepared (prepare_split); targets in their own units
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
@@ -153,13 +185,14 @@ class TrainingSetup:
 def setup_training(p: TrainParams, splits: dict[str, Split], meta: Meta) -> TrainingSetup:
     """Check the inputs and build the model, the data on the device and the objective."""
     device = resolve_device(p.device)
-    cfg = model_config(p, meta)
+    cfg = model_config(p, meta, splits["train"].y if "train" in splits else None)
     check_splits(splits, cfg)
     check_memory(p, cfg, splits, device)
     precision, autocast = _precision(p, device)
     model, gens = _seeded_model(p, cfg, splits["train"], device)
-    x_train, y_train = _on_device(splits["train"].x, device), _on_device(splits["train"].y, device)
-    x_val, y_val = _on_device(splits["val"].x, device), _on_device(splits["val"].y, device)
+    x_train = prepare_split(model, _on_device(splits["train"].x, device))
+    x_val = prepare_split(model, _on_device(splits["val"].x, device))
+    y_train, y_val = _on_device(splits["train"].y, device), _on_device(splits["val"].y, device)
     y_fit, train_loss_fn, eval_loss_fn = _objective(p, cfg, model, y_train)
     optimizer = make_optimizer(p, model.parameters())
     n = len(x_train)
@@ -177,13 +210,14 @@ def check_memory(p: TrainParams, cfg: ModelConfig, splits: dict[str, Split], dev
     """Refuse a model or data that cannot fit on `device` before anything is allocated: the
     weights 5 times over (weights, gradients, two optimizer states, the best epoch's copy), the
     splits on the device plus each epoch's shuffled copy of train, and a batch's activations."""
-    widths = [cfg.n_features, *cfg.hidden, cfg.n_outputs]
-    n_params = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    n_prepared, n_inputs, n_tables = network_size(cfg)
+    widths = [n_inputs, *cfg.hidden, cfg.n_outputs]
+    n_params = sum(a * b + b for a, b in zip(widths, widths[1:])) + n_tables
     n_train, n_val = len(splits["train"].x), len(splits["val"].x)
     rows = max(min(p.batch_size, n_train), min(65536, n_train + n_val))  # a batch, or an eval chunk
     check_fits(
         f"train ({n_params:.3g} parameters on {device.type})",
-        {"model": 4 * 5 * n_params, "data": 4 * (2 * n_train + n_val) * (cfg.n_features + 1),
+        {"model": 4 * 5 * n_params, "data": 4 * (2 * n_train + n_val) * (n_prepared + 1),
          "activations": 4 * 3 * rows * sum(widths)},
         f"lower train.hidden (now {list(p.hidden)}) or use fewer rows or features", device_memory(device),
     )
@@ -219,9 +253,10 @@ def _objective(p: TrainParams, cfg: ModelConfig, model: nn.Module,
     if cfg.task != "regression":
         return y_train, eval_loss_fn, eval_loss_fn
     # the optimiser works on the standardised target; the objective is the same up to
-    # the factor y_std² (Huber too, with delta scaled alike), so lr means the same for any units
-    y_mean, y_std = model.y_mean.item(), model.y_std.item()
-    return (y_train - y_mean) / y_std, make_loss(cfg.loss, p.huber_delta / y_std), eval_loss_fn
+    # the factor y_std² (Huber too, with delta scaled alike), so lr means the same for any units.
+    # With a target transform it fits the transformed target (Huber's delta then reads in its
+    # units); the history and metrics stay in the target's units (eval_loss_fn on forward)
+    return model.fit_target(y_train), make_loss(cfg.loss, p.huber_delta / model.y_std.item()), eval_loss_fn
 
 
 # ---------------------------------------------------------------------------------- an epoch
@@ -235,8 +270,8 @@ def run_epoch(s: TrainingSetup, epoch: int) -> dict[str, Any]:
         group["lr"] = lr
     xs, ys = _epoch_rows(s)
     _optimizer_steps(s, xs, ys)
-    train_loss = s.sharded.evaluate(evaluate_loss, s.model, s.x_train, s.y_train, s.eval_loss_fn)
-    val_loss = s.sharded.evaluate(evaluate_loss, s.model, s.x_val, s.y_val, s.eval_loss_fn)
+    train_loss = s.sharded.evaluate(evaluate_loss, s.model, s.x_train, s.y_train, s.eval_loss_fn, True)
+    val_loss = s.sharded.evaluate(evaluate_loss, s.model, s.x_val, s.y_val, s.eval_loss_fn, True)
     if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
         bad = train_loss if not math.isfinite(train_loss) else val_loss
         raise TrainingDiverged(

@@ -7,6 +7,13 @@ uses the model passes raw features. For regression the target is standardised th
 and `forward` maps back: it returns predictions in the target's own units, shape (N,).
 For classification `forward` returns logits (N, K).
 
+With a schema (ModelConfig.columns) the input is the encoded matrix of stages/data/encoding.py,
+one column per schema Column (numbers and dates with NaN, category indices), and the model's
+input layer (stages/training/preprocessing.py) imputes, flags, expands dates and one-hots or
+embeds categories before the standardisation applies to the continuous inputs. With
+ModelConfig.target_transform (log1p) the network fits the transformed, standardised target and
+`forward` still returns the target's units. Without either, the model is exactly the plain one.
+
 The model is described by a typed config (stages.core.contracts.ModelConfig), saved beside
 the weights as a plain dict; `build_model(cfg)` rebuilds the same architecture from it.
 """
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 import math
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,9 @@ from torch import nn
 from stages.core.contracts import ModelConfig
 from stages.core.errors import DataError, first_line
 from stages.core.io import atomic_path
+from stages.core.params import TrainParams
+from stages.training.preprocessing import RawRowEncoder, layer_sizes
+from stages.training.targets import TARGET_TRANSFORMS, check_transform
 
 MODELS = ("linear", "mlp")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -61,15 +71,43 @@ def set_dropout_generator(model: nn.Module, generator: torch.Generator | None) -
             m.generator = generator
 
 
+# train.max_one_hot's default: the limit of a model whose config does not record one
+MAX_ONE_HOT = TrainParams.model_fields["max_one_hot"].default
+
+
+def one_hot_limit(cfg: ModelConfig) -> int:
+    """The largest vocabulary `cfg`'s model one-hot encodes (larger ones: embeddings)."""
+    limit = cfg.max_one_hot
+    return MAX_ONE_HOT if limit is None else int(limit)
+
+
+def network_size(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(a prepared row's width (loop.prepare_split), the network's input width, parameters
+    outside the network: the embedding table)."""
+    if cfg.columns is None:
+        return int(cfg.n_features), int(cfg.n_features), 0
+    return layer_sizes(cfg.columns, one_hot_limit(cfg))
+
+
 class FitlineModel(nn.Module):
-    """Standardise -> network -> (regression) de-standardise."""
+    """Standardise -> network -> (regression) de-standardise; with a schema: impute and encode
+    (prepare), standardise, one-hot and embed (expand) -> network -> ... -> the target's units.
+
+    forward(x) = output(head(prepare(x))): `prepare` is parameter-free (the identity for a
+    numeric-only model), so training applies it once per split and trains `head`."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.task = cfg.task
+        self.target_transform = check_transform(cfg.target_transform)
         n_in, n_out = int(cfg.n_features), int(cfg.n_outputs)
-        self.register_buffer("x_mean", torch.zeros(n_in))
-        self.register_buffer("x_std", torch.ones(n_in))
+        # None for a numeric-only model: no submodule, so its state_dict and init are the plain model's
+        self.encoder = RawRowEncoder(cfg.columns, one_hot_limit(cfg)) if cfg.columns is not None else None
+        n_scaled = n_in
+        if self.encoder is not None:
+            n_scaled, n_in = self.encoder.n_scaled, self.encoder.n_outputs
+        self.register_buffer("x_mean", torch.zeros(n_scaled))
+        self.register_buffer("x_std", torch.ones(n_scaled))
         if self.task == "regression":
             self.register_buffer("y_mean", torch.zeros(()))
             self.register_buffer("y_std", torch.ones(()))
@@ -84,14 +122,39 @@ class FitlineModel(nn.Module):
         layers.append(nn.Linear(n_in, n_out))
         self.net = nn.Sequential(*layers)
 
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
-        """Network output in standardised target units (regression) or logits."""
-        z = self.net((x - self.x_mean) / self.x_std)
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw features -> what `head` takes: the features themselves (numeric-only model), or the
+        encoder's prepared rows with the continuous block standardised."""
+        if self.encoder is None:
+            return x
+        continuous, codes = self.encoder.prepare(x)
+        parts = [] if continuous is None else [(continuous - self.x_mean) / self.x_std]
+        parts += [] if codes is None else [codes]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+    def head(self, p: torch.Tensor) -> torch.Tensor:
+        """Prepared rows -> network output in standardised (transformed) target units, or logits."""
+        z = self.net((p - self.x_mean) / self.x_std if self.encoder is None else self.encoder.expand(p))
         return z.squeeze(-1) if self.task == "regression" else z
 
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Network output in standardised (transformed) target units (regression) or logits."""
+        return self.head(self.prepare(x))
+
+    def output(self, z: torch.Tensor) -> torch.Tensor:
+        """`raw`'s output -> predictions in the target's units (regression), or the logits."""
+        if self.task != "regression":
+            return z
+        y = z * self.y_std + self.y_mean
+        return y if self.target_transform == "none" else TARGET_TRANSFORMS[self.target_transform][1](y)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.raw(x)
-        return z * self.y_std + self.y_mean if self.task == "regression" else z
+        return self.output(self.raw(x))
+
+    def fit_target(self, y: torch.Tensor) -> torch.Tensor:
+        """What `raw` is trained to output for targets `y` (regression): transformed, standardised."""
+        y = y if self.target_transform == "none" else TARGET_TRANSFORMS[self.target_transform][0](y)
+        return (y - self.y_mean.item()) / self.y_std.item()
 
 
 def build_model(cfg: ModelConfig, *, generator: torch.Generator | None = None) -> nn.Module:
@@ -128,37 +191,55 @@ def init_weights(model: nn.Module, cfg: ModelConfig, generator: torch.Generator 
             nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
         else:
             nn.init.xavier_uniform_(layer.weight, generator=generator)
+    # embeddings after the linears (a numeric-only model has none: its draws are unchanged), unit
+    # normal like the standardised inputs beside them; random for a linear model too: a zero
+    # table and a zero first layer would give each other zero gradients forever
+    for table in (m for m in model.modules() if isinstance(m, nn.Embedding)):
+        nn.init.normal_(table.weight, 0.0, 1.0, generator=generator)
 
 
 @torch.no_grad()
 def fit_scaling(model: nn.Module, x: np.ndarray, y: np.ndarray | None, scaling: str) -> None:
-    """Store the train split's mean and std in the model's buffers (identity for `none`).
+    """Fit everything the model learns from the train split before training: the input layer's
+    medians (a model with a schema: NaN-aware, whatever the scaling), then the mean and std of
+    the continuous inputs after imputation, and of the (transformed) regression target
+    (identity for `none`).
 
     Computed in float64; a constant column gets std 1 so it passes through unscaled.
     """
     if scaling not in ("standard", "none"):
         raise ValueError(f"scaling: unknown scaling {scaling!r} (allowed: standard, none)")
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None:
+        encoder.fit(x)
     if scaling == "none":
         return
-    mean, std = column_moments(x)
-    model.x_mean.copy_(torch.from_numpy(mean))
-    model.x_std.copy_(torch.from_numpy(np.where(std > 0, std, 1.0)))
+    if encoder is None or encoder.n_scaled:  # (a schema of categories alone has nothing to scale)
+        mean, std = column_moments(x, transform=None if encoder is None else encoder.continuous_numpy)
+        model.x_mean.copy_(torch.from_numpy(mean))
+        model.x_std.copy_(torch.from_numpy(np.where(std > 0, std, 1.0)))
     if getattr(model, "task", None) == "regression" and y is not None:
         y64 = np.asarray(y, dtype=np.float64)
+        transform = getattr(model, "target_transform", "none")
+        if transform != "none":
+            y64 = TARGET_TRANSFORMS[transform][0](torch.from_numpy(y64)).numpy()
         y_std = float(y64.std())
         model.y_mean.fill_(float(y64.mean()))
         model.y_std.fill_(y_std if y_std > 0 else 1.0)
 
 
-def column_moments(x: np.ndarray, chunk_rows: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and standard deviations (population) of x, rows x columns, in float64.
+def column_moments(x: np.ndarray, chunk_rows: int = 1 << 18,
+                   transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations (population) of x, rows x columns, in float64; of
+    transform(rows) instead when given (computed chunk by chunk, twice: never the whole split).
 
     Two passes over chunks of rows: a float64 copy of the whole split (and numpy's float64
     x - mean temporary) made fitting the scaling the train stage's peak memory (README, Scale)."""
     x = np.asarray(x)
     n, chunks = len(x), range(0, len(x), chunk_rows)
-    mean = sum(x[i : i + chunk_rows].sum(axis=0, dtype=np.float64) for i in chunks) / n
-    var = sum(np.square(x[i : i + chunk_rows] - mean).sum(axis=0) for i in chunks) / n
+    rows = (lambda i: x[i : i + chunk_rows]) if transform is None else (lambda i: transform(x[i : i + chunk_rows]))
+    mean = sum(rows(i).sum(axis=0, dtype=np.float64) for i in chunks) / n
+    var = sum(np.square(rows(i) - mean).sum(axis=0) for i in chunks) / n
     return mean, np.sqrt(var)
 
 
@@ -180,7 +261,8 @@ def forward_chunks(model: nn.Module, x: np.ndarray | torch.Tensor,
 
 
 def weight_tensors(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters a penalty applies to: weight matrices, not biases (nor scaling buffers)."""
+    """The parameters a penalty applies to: weight matrices and embedding tables, not biases
+    (nor scaling buffers)."""
     return [p for p in model.parameters() if p.ndim >= 2]
 
 

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -12,7 +19,7 @@ import pytest
 from stages import generate
 from stages.core import contracts
 from stages.core.errors import DataError
-from stages.core.params import DataParams
+from stages.core.params import DataKind, DataParams
 from stages.data import ingest, synthetic
 from stages.data.splits import load_splits
 
@@ -189,7 +196,8 @@ def test_file_ingest_records_the_file_hash_and_warns_outside_data_raw(tmp_path, 
     [
         (lambda p: None, "does not exist"),
         (lambda p: p.write_bytes(b"\x00garbage"), "cannot read"),
-        (lambda p: _user_frame().to_parquet(p), "not numeric: label"),
+        (lambda p: pd.DataFrame({"id": [f"u{i}" for i in range(30)], "price": range(30)}).to_parquet(p),
+         r"no usable feature columns \(left out: 'id' \(id-like: 30 distinct values in 30 rows"),
         (lambda p: _user_frame().drop(columns="price").drop(columns="label").to_parquet(p), "column 'price' not in"),
     ],
 )
@@ -200,12 +208,14 @@ def test_file_ingest_errors(tmp_path, setup, fragment):
         generate.run(DataParams(source="file", path=str(path), target="price"), tmp_path / "out")
 
 
-def test_missing_labels_are_an_error(tmp_path):
+def test_rows_without_a_label_are_dropped_and_counted(tmp_path):
+    """They were an error; a table with a few unlabelled rows is normal data."""
     df = _user_frame().drop(columns="price")
-    df.loc[3, "label"] = None
+    df.loc[[3, 7], "label"] = None
     df.to_parquet(tmp_path / "u.parquet")
-    with pytest.raises(DataError, match="missing labels"):
-        generate.run(DataParams(source="file", path=str(tmp_path / "u.parquet"), target="label"), tmp_path / "o")
+    meta = generate.run(DataParams(source="file", path=str(tmp_path / "u.parquet"), target="label"), tmp_path / "o")
+    assert meta.target_missing == 2 and sum(meta.rows.values()) == 88
+    assert meta.classes == ["cheap", "mid", "pricey"]
 
 
 def test_failed_run_keeps_the_previous_good_files(tmp_path):
@@ -232,3 +242,31 @@ def test_a_header_only_user_file_says_no_rows(tmp_path):
     path.write_text("area,rooms,price\n")
     with pytest.raises(DataError, match=r"user\.csv: no rows \(only a header with 3 column\(s\)\)"):
         generate.run(DataParams(source="file", path=str(path), target="price"), tmp_path / "out")
+
+
+# ------------------------------------------------------------------ the numeric layout's bytes
+
+# the last revision before the data stage learned raw tables: the default run must still write
+# exactly its bytes (the numeric kinds keep the float32 layout and a meta.json without a schema)
+BASELINE_REV = "e081b04"
+_RUN_DEFAULT = ("import sys; from stages import generate; from stages.core.params import DataParams; "
+                "generate.run(DataParams(), sys.argv[1])")
+
+
+def test_default_run_is_byte_identical_to_the_baseline_revision(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    archive = subprocess.run(["git", "archive", "--format=tar", BASELINE_REV, "stages"], cwd=root, capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"revision {BASELINE_REV} is not in this checkout's history")
+    base = tmp_path / "base"
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(base, filter="data")
+    env = {**os.environ, "PYTHONPATH": str(base)}
+    subprocess.run([sys.executable, "-c", _RUN_DEFAULT, str(tmp_path / "before")], cwd=base, env=env, check=True)
+    meta = generate.run(DataParams(), tmp_path / "after")
+    assert meta.columns is None and "columns" not in json.loads((tmp_path / "after/meta.json").read_text())
+    assert _bytes(tmp_path / "after") == _bytes(tmp_path / "before")
+
+
+def test_every_synthetic_kind_has_a_generator():
+    assert tuple(generate.SYNTHETIC) == get_args(DataKind)

@@ -125,19 +125,35 @@ def test_missing_columns_name_the_missing_and_the_unexpected(reg_model):
 
 def test_non_numeric_and_missing_values_are_named(reg_model):
     df = rows()
-    df["b"] = df["b"].astype(str)
-    with pytest.raises(DataError, match=r"non-numeric feature column\(s\) b \("):
-        predict_frame(reg_model, df)
+    # numbers read as text (a CSV column with one odd cell elsewhere) are still numbers
+    as_text = df.assign(b=df["b"].astype(str))
+    np.testing.assert_allclose(predict_frame(reg_model, as_text)["prediction"], predict_frame(reg_model, df)["prediction"])
+    # a value that is not a number: one error naming the column and the value
+    bad = df.astype({"b": object})
+    bad.loc[2, "b"] = "12,5 kg"
+    with pytest.raises(DataError, match=r"^input: column 'b' is numeric but has 1 non-numeric value\(s\), e\.g\. '12,5 kg'$"):
+        predict_frame(reg_model, bad)
     df = rows()
     df.loc[[1, 3], "c"] = np.nan
     with pytest.raises(DataError, match=r"missing or non-finite values in feature column\(s\) c \(2 rows\)"):
         predict_frame(reg_model, df)
 
 
-def test_passed_through_column_clashing_with_an_output_is_refused(reg_model):
-    df = rows().assign(prediction=1.0)
-    with pytest.raises(DataError, match=r"prediction would be overwritten"):
-        predict_frame(reg_model, df)
+def test_input_columns_named_like_outputs_are_kept_and_the_predictions_suffixed(reg_model, cls_model, caplog):
+    """Refused before; now nothing is refused or overwritten: the input column keeps its name and
+    values, the prediction column gets `_predicted` (again if that is taken too)."""
+    df = rows().assign(prediction=1.0, prediction_predicted="mine")
+    out = predict_frame(reg_model, df)
+    assert list(out.columns) == ["id", "prediction", "prediction_predicted", "prediction_predicted_predicted"]
+    assert (out["prediction"] == 1.0).all() and (out["prediction_predicted"] == "mine").all()
+    np.testing.assert_allclose(out["prediction_predicted_predicted"], predict_frame(reg_model, rows())["prediction"])
+    assert "prediction -> prediction_predicted_predicted" in caplog.text
+    # a classification target called `label`, and a column that looks like a probability
+    df = rows().assign(label="dog", proba_eel=0.5)
+    out = predict_frame(cls_model, df)
+    assert list(out.columns) == ["id", "label", "proba_eel", "label_predicted", "proba_cat", "proba_dog",
+                                 "proba_eel_predicted"]
+    assert (out["label"] == "dog").all() and set(out["label_predicted"]) <= {"cat", "dog", "eel"}
 
 
 def test_missing_corrupt_and_foreign_model_files(tmp_path):
@@ -269,8 +285,9 @@ def test_fitline_metadata_on_another_graph_is_refused_before_predicting(tmp_path
     """Metadata copied onto a model whose graph takes something else crashed predict with a traceback."""
     path = regression_onnx(tmp_path / "m.onnx", info={"task": "regression", "feature_names": ["a", "b"],
                                                        "target": "y", "classes": None})
-    with pytest.raises(DataError, match=r"m\.onnx: the graph \(inputs features \['batch', 3\]; outputs prediction\) "
-                                        r"does not match its 'fitline' metadata \(features \[N, 2\]"):
+    with pytest.raises(DataError, match=r"m\.onnx: the graph \(inputs features \[N, 3\]; outputs prediction\) "
+                                        r"does not match its 'fitline' metadata \(inputs features \[N, 2\]; "
+                                        r"outputs prediction\)"):
         OnnxModel(path)
     wrong_task = regression_onnx(tmp_path / "t.onnx", info={"task": "classification", "feature_names": FEATURES,
                                                             "target": "y", "classes": [0, 1]})

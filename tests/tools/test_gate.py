@@ -544,7 +544,8 @@ def test_workflow_file_is_valid_yaml_with_the_gate_steps():
     checkout = next(s for s in steps if s.get("uses", "").startswith("actions/checkout@"))
     assert checkout["with"]["fetch-depth"] == 0
     assert any(u.startswith("actions/setup-python@") for u in uses)
-    assert "make install" in runs and ".venv/bin/dvc repro" in runs
+    # fitline repro runs the stages with the venv's Python (a bare .venv/bin/dvc repro would not)
+    assert "make install" in runs and ".venv/bin/fitline repro" in runs
     assert ".venv/bin/fitline gate --baseline" in runs and "--report gate.md" in runs
     assert wf["permissions"]["pull-requests"] == "write"
     # the last step fails the job when the gate did not pass

@@ -25,16 +25,16 @@ def _rec(epoch: int) -> dict:
 
 
 def test_only_what_was_asked_for_in_a_fixed_order() -> None:
-    assert epoch_callbacks(None, False, None, 5, 0, []) == []
+    assert epoch_callbacks(None, None, None, 5, 0, []) == []
     hook = print
-    callbacks = epoch_callbacks(FakeLive(), True, hook, 5, 0, [])
+    callbacks = epoch_callbacks(FakeLive(), "bar", hook, 5, 0, [])
     assert [type(c) for c in callbacks[:2]] == [LiveLog, ProgressBar] and callbacks[2] is hook
     close_callbacks(callbacks)
 
 
 def test_a_resumed_run_replays_its_epochs_to_dvclive_and_starts_its_bar_there(capsys) -> None:
     live = FakeLive()
-    live_log, bar = epoch_callbacks(live, True, None, 5, 2, [_rec(1), _rec(2)])
+    live_log, bar = epoch_callbacks(live, "bar", None, 5, 2, [_rec(1), _rec(2)])
     assert len(live.steps) == 3 and live.steps[0] == {k: v for k, v in _rec(1).items() if k != "epoch"}
     assert bar.bar.n == 2
     live_log(_rec(3))

@@ -114,7 +114,7 @@ def test_single_process_sharded_training_is_the_plain_loop() -> None:
     cfg = model_config(n_features=2, model="linear", hidden=[])
     model = build_model(cfg)
     sharded = ShardedTraining(model, 10, 4, torch.device("cpu"))
-    assert sharded.world == distributed.SINGLE and sharded.is_main and sharded.forward == model.raw
+    assert sharded.world == distributed.SINGLE and sharded.is_main and sharded.forward == model.head
     perm = torch.randperm(10)
     assert sharded.rows_of(None) is None and sharded.rows_of(perm) is perm
     assert [s[:2] for s in sharded.steps] == [(0, 4), (4, 8), (8, 10)]
