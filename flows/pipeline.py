@@ -50,7 +50,7 @@ from flows.interactive import command_line_run
 from flows.local_server import prefect_api
 from flows.stage_run import DvcRunner, StageFailed, repro_stage
 from flows.workspace_lock import workspace_lock
-from stages.core.contracts import PIPELINE_CACHE_DIR
+from stages.core.contracts import MODEL_CARD_PATH, PIPELINE_CACHE_DIR
 from stages.core.errors import FitlineError
 
 log = logging.getLogger(__name__)
@@ -350,6 +350,21 @@ def _record_metrics(ws: DvcWorkspace, commit: Commit, states: dict[str, str]) ->
     ctx = FlowRunContext.get()
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     record_run(metrics_row(ws.root, commit, ws.metrics_paths(), flow_run=flow_run_id), states)
+    attach_model_card(ws.root)
+
+
+CARD_KEY = "fitline-model-card"
+
+
+def attach_model_card(root: Path) -> bool:
+    """The run's model card (the card stage's markdown) as a Prefect artifact, when there is one."""
+    from prefect.artifacts import create_markdown_artifact
+
+    card = Path(root) / MODEL_CARD_PATH
+    if not card.exists():
+        return False
+    create_markdown_artifact(markdown=card.read_text(), key=CARD_KEY, description=f"model card ({MODEL_CARD_PATH})")
+    return True
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -272,3 +273,23 @@ def test_workspace_without_stages_fails_the_run(toy_repo, prefect_server):
     (toy_repo / "dvc.yaml").unlink()
     state = training_pipeline(root=str(toy_repo), retries=0, return_state=True)
     assert state.is_failed() and state.message.endswith("no dvc.yaml with stages here; nothing to run")
+
+
+def test_the_model_card_becomes_an_artifact_of_the_run(tmp_path, prefect_server):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.pipeline import CARD_KEY, attach_model_card
+
+    @flow
+    def attach(root: str) -> bool:
+        return attach_model_card(Path(root))
+
+    assert attach(str(tmp_path)) is False  # no card yet: nothing attached
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "model_card.md").write_text("# Model card: y (regression)\n\nfigures\n")
+    assert attach(str(tmp_path)) is True
+    with get_client(sync_client=True) as client:
+        (art,) = client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[CARD_KEY])))
+    assert art.data.startswith("# Model card: y (regression)")
