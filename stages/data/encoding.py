@@ -37,7 +37,31 @@ def _key(value: Any) -> str:
 
 
 def category_keys(values: pd.Series) -> np.ndarray:
-    """Each value as the string the vocabulary holds ("" for a missing one), as an object array."""
+    """Each value as the string the vocabulary holds ("" for a missing one), as an object array.
+
+    Vectorised for the dtypes files give (text, booleans, integers, floats), value by value
+    (`_key`) for mixed object columns; both give the same keys."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.StringDtype):
+        return values.fillna(MISSING_KEY).to_numpy(dtype=object)
+    if pd.api.types.is_bool_dtype(dtype):
+        missing = values.isna().to_numpy()
+        out = np.where(values.fillna(False).to_numpy(dtype=bool), "True", "False").astype(object)
+        out[missing] = MISSING_KEY
+        return out
+    if pd.api.types.is_integer_dtype(dtype) and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+        return values.to_numpy().astype(str).astype(object)
+    if pd.api.types.is_float_dtype(dtype) and not isinstance(dtype, pd.api.extensions.ExtensionDtype):
+        arr = values.to_numpy(dtype=np.float64)
+        out = np.full(len(arr), MISSING_KEY, dtype=object)
+        finite = np.isfinite(arr)
+        integral = finite & (arr == np.floor(arr))
+        small = integral & (np.abs(arr) < 2.0**62)  # int64 holds them; huge ones go through Python's int
+        out[small] = arr[small].astype(np.int64).astype(str)
+        out[integral & ~small] = [str(int(v)) for v in arr[integral & ~small]]
+        other = ~np.isnan(arr) & ~integral
+        out[other] = [str(float(v)) for v in arr[other]]
+        return out
     return np.array([_key(v) for v in values.tolist()], dtype=object)
 
 
@@ -45,7 +69,7 @@ def category_index(keys: np.ndarray, vocabulary: list[str]) -> np.ndarray:
     """Category keys as float32 indices (UNKNOWN, MISSING, 2 + the vocabulary's place)."""
     lookup = {k: i + 2 for i, k in enumerate(vocabulary)}
     lookup[MISSING_KEY] = MISSING
-    return np.array([lookup.get(k, UNKNOWN) for k in keys], dtype=np.float32)
+    return pd.Series(keys, dtype=object).map(lookup).fillna(UNKNOWN).to_numpy(dtype=np.float32)
 
 
 def numeric_values(values: pd.Series, name: str, where: str = "input") -> np.ndarray:

@@ -138,3 +138,21 @@ def test_train_stats_schema_and_pooled_categories_encode_as_unknown():
         ("f", "boolean", 0.333333, ["False", "True"])]
     x = encode_frame(frame, schema)
     assert x[11, 0] == UNKNOWN and x[12, 0] == x[13, 0] == MISSING and x[0, 0] == 2 and x[6, 0] == 3
+
+
+@pytest.mark.parametrize("values", [
+    pd.Series(["a", "bb", "", None, "a"]),
+    pd.Series(pd.array(["a", "bb", None], dtype="string")),
+    pd.Series([True, False, None] * 3),
+    pd.Series(pd.array([True, False, None], dtype="boolean")),
+    pd.Series(np.array([True, False])),
+    pd.Series(np.array([3, 0, -7])),
+    pd.Series([1.0, 2.5, np.nan, np.inf, -3.0, 1e20, -0.0]),
+    pd.Series(np.array([0.1, 2.0, np.nan], dtype=np.float32)),
+    pd.Series(pd.array([1, None, 3], dtype="Int64")),
+    pd.Series([1, "a", 2.0, None, True], dtype=object),
+])
+def test_vectorised_category_keys_equal_the_value_by_value_rule(values):
+    from stages.data.encoding import _key, category_keys
+
+    assert list(category_keys(values)) == [_key(v) for v in values.tolist()]
