@@ -35,12 +35,13 @@ def main() -> None:
     meta = load_meta(DATA_DIR)
     model, cfg = load_model(MODEL_PATH)
     check_model_fits(cfg, meta)
-    # test, and train for static calibration only: val is not a dependency of this stage
-    names = ("train", "test") if params.export.quantization == "static" else ("test",)
-    splits = load_splits(DATA_DIR, meta, names=names)
+    # test, and train for static calibration; train and val (only then) to fine-tune a pruned model
+    pruning = params.export.prune.amount > 0
+    checked = ("train", "test") if params.export.quantization == "static" else ("test",)
+    splits = load_splits(DATA_DIR, meta, names=("train", "val", "test") if pruning else checked)
     # a raw-row model is checked (and calibrated) on the rows as users send them
-    frames = {n: read_split_frame(n, DATA_DIR) for n in names} if cfg.columns is not None else None
-    metrics = export_model(params.export, model, cfg, splits, frames=frames)
+    frames = {n: read_split_frame(n, DATA_DIR) for n in checked} if cfg.columns is not None else None
+    metrics = export_model(params.export, model, cfg, splits, frames=frames, train_params=params.train if pruning else None)
     write_json(EXPORT_METRICS_PATH, metrics)
     log.info("wrote %s, %s and %s", ONNX_PATH, INT8_PATH, EXPORT_METRICS_PATH)
 

@@ -42,6 +42,7 @@ Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16"]
 Backend = Literal["auto", "gloo", "nccl"]
 Quantization = Literal["none", "dynamic", "static"]
+PruneCriterion = Literal["l1", "l2"]  # the norm a hidden unit's incoming weights are ranked by
 Better = Literal["higher", "lower"]  # which way a gated metric improves
 Runner = Literal["threads", "processes", "dask"]
 JudgedLoss = Literal["mse", "log_loss"]  # the loss the fit diagnosis, sweeps and compare rank by
@@ -277,6 +278,15 @@ LOSS_LABEL: dict[JudgedLoss, str] = {"mse": "MSE", "log_loss": "log loss"}
 # ------------------------------------------------------------------------------------- export
 
 
+class PruneParams(Section):
+    # structured pruning before export (stages/training/pruning.py): drop round(amount * width)
+    # units of each hidden layer (lowest incoming-weight norm; at least one stays), fine-tune the
+    # smaller network, export that one; 0 = off
+    amount: float = Field(0.0, ge=0, lt=1)
+    fine_tune_epochs: int = Field(5, ge=1, le=1_000_000)
+    criterion: PruneCriterion = "l1"
+
+
 class ExportParams(Section):
     opset: int = Field(20, ge=18, le=23)
     quantization: Quantization = "dynamic"
@@ -285,6 +295,7 @@ class ExportParams(Section):
     parity_rtol: float = Field(1.0e-5, ge=0)
     max_metric_drop: float = Field(0.01, ge=0)
     latency_repeats: int = Field(20, ge=1)
+    prune: PruneParams = PruneParams()
 
 
 # --------------------------------------------------------------------------------------- gate

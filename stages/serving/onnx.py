@@ -20,6 +20,13 @@
 4. Latency (median ms per call, batch 1 and 1024) for torch eager, ONNX fp32 and int8 (the
    ONNX engines on raw rows for a raw-row graph: what a caller pays).
 
+With export.prune.amount > 0 the MLP's hidden layers are first pruned and fine-tuned
+(stages/training/pruning.py, on the train and val splits with train's optimizer); the pruned
+model's torch test metric may fall at most export.max_metric_drop below the unpruned model's
+(else an ExportError naming export.prune.amount, before anything is written). The pruned model
+is then what goes through 1-4 and is served; the unpruned one is exported and quantised to a
+temporary folder only to compare sizes and latency (metrics `pruning`, one interleaved run).
+
 Both models are written to temporary files beside their destination and renamed only when
 every check passed: a failed export never replaces a good artifact.
 """
@@ -30,9 +37,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +54,7 @@ from torch import nn
 from stages.core.contracts import INT8_NAME, MODELS_DIR, ONNX_NAME, ModelConfig
 from stages.core.errors import DataError, ExportError, first_line
 from stages.core.io import atomic_path
-from stages.core.params import ExportParams
+from stages.core.params import ExportParams, TrainParams
 from stages.data.encoding import onnx_inputs
 from stages.data.splits import Split
 from stages.evaluation.metrics import regression_metrics
@@ -54,6 +63,7 @@ from stages.serving.quantize import calibration_index, calibration_rows, quantiz
 from stages.serving.raw_graph import ENCODING, with_raw_inputs
 from stages.serving.rows import EDGE_ROWS, CheckRows, matrix_rows, raw_rows, tiled
 from stages.training.models import forward_chunks
+from stages.training.pruning import count_parameters, fine_tune, prune_model
 
 log = logging.getLogger(__name__)
 
@@ -210,14 +220,17 @@ def measure_latency(
     engines: dict[str, Callable[[np.ndarray], object]], inputs: dict[str, np.ndarray], repeats: int, warmup: int = 3
 ) -> dict[str, dict[str, float]]:
     """Median wall ms per call of each engine on each input; engines are interleaved within a
-    repeat so that load from other processes hits all of them alike."""
+    repeat so that load from other processes hits all of them alike, and their order rotates
+    from repeat to repeat so that none always runs right after the same neighbour (at batch 1
+    an ONNX call right after torch eager took about twice as long: cold caches)."""
     times: dict[str, dict[str, list[float]]] = {e: {b: [] for b in inputs} for e in engines}
+    order = list(engines.items())
     for b, x in inputs.items():
         for _ in range(warmup):
             for fn in engines.values():
                 fn(x)
-        for _ in range(repeats):
-            for e, fn in engines.items():
+        for r in range(repeats):
+            for e, fn in order[r % len(order):] + order[: r % len(order)]:
                 t0 = time.perf_counter()
                 fn(x)
                 times[e][b].append((time.perf_counter() - t0) * 1e3)
@@ -265,10 +278,15 @@ def engines_for(model: nn.Module, fp32: Path, int8: Path, threads: int) -> dict[
             "onnx_int8": lambda rows: int8_session.run(rows.feeds)}
 
 
-def latency(model: nn.Module, fp32: Path, int8: Path, rows: CheckRows, repeats: int) -> dict[str, dict[str, float]]:
-    """Median ms per call at batch 1 and 1024 for each engine, single-threaded."""
+def latency(model: nn.Module, fp32: Path, int8: Path, rows: CheckRows, repeats: int,
+            others: dict[str, Path] | None = None) -> dict[str, dict[str, float]]:
+    """Median ms per call at batch 1 and 1024 for each engine, single-threaded; `others`: more
+    ONNX files (by engine name) timed in the same interleaved run."""
     with torch_threads(LATENCY_THREADS):
         engines = engines_for(model, fp32, int8, LATENCY_THREADS)
+        for name, path in (others or {}).items():
+            session = OnnxModel(path, LATENCY_THREADS)
+            engines[name] = lambda rows, s=session: s.run(rows.feeds)
         return measure_latency(engines, latency_inputs(rows), repeats)
 
 
@@ -298,21 +316,103 @@ def calibration_input(params: ExportParams, cfg: ModelConfig, splits: dict[str, 
     return onnx_inputs(train if idx is None else train.iloc[idx], cfg.columns, "train split")
 
 
+@dataclass
+class Pruned:
+    """The pruned, fine-tuned model that replaces the trained one for export, and its figures."""
+
+    model: nn.Module
+    cfg: ModelConfig
+    metric_before: float  # torch test metric of the unpruned model
+    metric_after: float  # ... of the pruned, fine-tuned one
+    fine_tune: dict[str, Any]
+
+
+def check_prune_drop(name: str, before: float, after: float, budget: float, amount: float,
+                     hidden: tuple[list[int], list[int]]) -> float:
+    """unpruned - pruned test metric (both higher-is-better); over `budget` is a one-line
+    ExportError naming export.prune.amount."""
+    drop = before - after
+    if not drop <= budget + 1e-12:
+        raise ExportError(
+            f"pruned model (hidden {hidden[0]} -> {hidden[1]}) test {name} {after:.4f} vs unpruned {before:.4f}: drop "
+            f"{drop:.4f} over export.max_metric_drop {budget:g}; lower export.prune.amount (now {amount:g})"
+        )
+    return drop
+
+
+def prune_for_export(params: ExportParams, model: nn.Module, cfg: ModelConfig, splits: dict[str, Split],
+                     rows: CheckRows, train_params: TrainParams | None) -> Pruned:
+    """Prune `model` by export.prune, fine-tune it on train (early stopping on val), and hold
+    its torch test metric to export.max_metric_drop against the unpruned model's."""
+    prune = params.prune
+    missing = [n for n in ("train", "val") if n not in splits]
+    if missing:
+        raise DataError(f"export.prune.amount {prune.amount:g}: fine-tuning the pruned model needs the "
+                        f"{' and '.join(missing)} split(s)")
+    if train_params is None:
+        raise ValueError("export_model: pruning fine-tunes with the train params; pass train_params")
+    task, test = cfg.task, splits["test"]
+    before = test_metric(task, test.y, torch_primary(model, task, rows.x)[: rows.n_test])
+    t0 = time.perf_counter()
+    small, small_cfg = prune_model(model, cfg, prune.amount, prune.criterion)
+    small, tuned = fine_tune(small, small_cfg, train_params, splits, prune.fine_tune_epochs)
+    after = test_metric(task, test.y, torch_primary(small, task, rows.x)[: rows.n_test])
+    check_prune_drop(metric_name(task), before, after, params.max_metric_drop, prune.amount,
+                     (list(cfg.hidden), list(small_cfg.hidden)))
+    log.info("pruned hidden %s -> %s and fine-tuned (%.1f s): test %s %.4f -> %.4f", list(cfg.hidden),
+             small_cfg.hidden, time.perf_counter() - t0, metric_name(task), before, after)
+    return Pruned(small, small_cfg, before, after, tuned)
+
+
+def pruning_metrics(params: ExportParams, model: nn.Module, cfg: ModelConfig, pruned: Pruned,
+                    sizes: dict[str, int], latency_ms: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """metrics/export.json's `pruning`: what pruning removed, cost and bought (unpruned vs pruned)."""
+    p_before, p_after = count_parameters(model), count_parameters(pruned.model)
+    speedup = {kind: {b: latency_ms[kind][b] / latency_ms[f"pruned_{kind}"][b] for b in LATENCY_BATCHES}
+               for kind in ("fp32", "int8")}
+    return {
+        "amount": params.prune.amount,
+        "criterion": params.prune.criterion,
+        "fine_tune_epochs": params.prune.fine_tune_epochs,
+        "fine_tune_epochs_run": pruned.fine_tune["epochs_run"],
+        "fine_tune_best_epoch": pruned.fine_tune["best_epoch"],
+        "hidden_before": list(cfg.hidden),
+        "hidden_after": list(pruned.cfg.hidden),
+        "params_before": p_before,
+        "params_after": p_after,
+        "params_ratio": p_after / p_before,
+        "metric_name": metric_name(cfg.task),
+        "test_metric_before": pruned.metric_before,
+        "test_metric_after": pruned.metric_after,
+        "metric_drop": pruned.metric_before - pruned.metric_after,
+        "size_bytes": sizes,
+        "latency_ms": latency_ms,
+        "speedup": speedup,  # unpruned ms / pruned ms
+    }
+
+
 def export_model(
     params: ExportParams, model: nn.Module, cfg: ModelConfig, splits: dict[str, Split], out_dir: Path = MODELS_DIR,
-    frames: dict[str, pd.DataFrame] | None = None,
+    frames: dict[str, pd.DataFrame] | None = None, train_params: TrainParams | None = None,
 ) -> dict[str, Any]:
-    """Export, check and quantise `model`; write out_dir/model.onnx and model.int8.onnx only
-    when every check passed; return the metrics for metrics/export.json. `frames`: the splits'
-    raw rows (read_split_frame), needed for a raw-row model: test, and train for static int8."""
+    """Export, check and quantise `model` (pruned and fine-tuned first with export.prune.amount
+    > 0: then splits needs train and val, and `train_params` the run's train params); write
+    out_dir/model.onnx and model.int8.onnx only when every check passed; return the metrics for
+    metrics/export.json. `frames`: the splits' raw rows (read_split_frame), needed for a raw-row
+    model: test, and train for static int8."""
     task, test = cfg.task, splits["test"]
     if len(test.y) == 0:
         raise DataError("test split: no rows to check the exported model on")
     rows = check_rows(cfg, test, (frames or {}).get("test"))
     where = "the test split" if cfg.columns is None else f"the test split's raw rows (+{len(rows) - rows.n_test} edge rows)"
     model = model.to("cpu").eval()
+    pruned = prune_for_export(params, model, cfg, splits, rows, train_params) if params.prune.amount > 0 else None
+    unpruned, unpruned_cfg = model, cfg
+    if pruned is not None:  # from here on the pruned model is the one exported, checked and served
+        model, cfg = pruned.model, pruned.cfg
     fp32_dest, int8_dest = Path(out_dir) / ONNX_NAME, Path(out_dir) / INT8_NAME
-    with atomic_path(fp32_dest) as fp32_tmp, atomic_path(int8_dest) as int8_tmp:
+    reference = tempfile.TemporaryDirectory(prefix="fitline-unpruned-") if pruned else contextlib.nullcontext()
+    with atomic_path(fp32_dest) as fp32_tmp, atomic_path(int8_dest) as int8_tmp, reference as ref_dir:
         t0 = time.perf_counter()
         export_onnx(model, cfg, fp32_tmp, params.opset)
         log.info("exported %s (%.1f s)", fp32_dest, time.perf_counter() - t0)
@@ -331,8 +431,20 @@ def export_model(
         log.info("parity max abs %.3g; test %s: %s; int8 drop %.4f", parity, name,
                  ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), drop)
 
-        latency_ms = latency(model, fp32_tmp, int8_tmp, rows, params.latency_repeats)
+        others: dict[str, Path] = {}
+        if pruned is not None:  # the unpruned model, exported and quantised alike, for comparison only
+            others = {"unpruned_fp32": Path(ref_dir) / "fp32.onnx", "unpruned_int8": Path(ref_dir) / "int8.onnx"}
+            export_onnx(unpruned, unpruned_cfg, others["unpruned_fp32"], params.opset)
+            quantize_model(others["unpruned_fp32"], others["unpruned_int8"], params.quantization,
+                           calibration_input(params, unpruned_cfg, splits, frames))
+        latency_ms = latency(model, fp32_tmp, int8_tmp, rows, params.latency_repeats, others)
         size_fp32, size_int8 = fp32_tmp.stat().st_size, int8_tmp.stat().st_size
+        if pruned is not None:
+            sizes = {"fp32": others["unpruned_fp32"].stat().st_size, "pruned_fp32": size_fp32,
+                     "int8": others["unpruned_int8"].stat().st_size, "pruned_int8": size_int8}
+            compared = {"fp32": latency_ms.pop("unpruned_fp32"), "pruned_fp32": latency_ms["onnx_fp32"],
+                        "int8": latency_ms.pop("unpruned_int8"), "pruned_int8": latency_ms["onnx_int8"]}
+            pruning = pruning_metrics(params, unpruned, unpruned_cfg, pruned, sizes, compared)
     metrics = {
         "quantization": params.quantization,
         "int8_is_fp32_copy": params.quantization == "none",
@@ -354,4 +466,6 @@ def export_model(
     }
     if cfg.columns is not None:  # only then: the numeric run's metrics file keeps its keys
         metrics.update(inputs="raw columns", parity_rows=len(rows), parity_edge_rows=len(rows) - rows.n_test)
+    if pruned is not None:  # only then: without pruning the metrics file keeps its keys
+        metrics["pruning"] = pruning
     return metrics

@@ -99,7 +99,7 @@ def model_config(p: TrainParams, meta: Meta, y_train: np.ndarray | None = None) 
     )
 
 
-def _on_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+def on_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
     """`a` as a tensor on `device`: on CPU it shares numpy's memory (nothing here writes to its
     inputs); copied for another device, or when `a` is read-only (a view of a parquet buffer)."""
     return torch.from_numpy(a).to(device) if a.flags.writeable else torch.tensor(a, device=device)
@@ -188,12 +188,12 @@ def setup_training(p: TrainParams, splits: dict[str, Split], meta: Meta) -> Trai
     cfg = model_config(p, meta, splits["train"].y if "train" in splits else None)
     check_splits(splits, cfg)
     check_memory(p, cfg, splits, device)
-    precision, autocast = _precision(p, device)
+    precision, autocast = precision_mode(p, device)
     model, gens = _seeded_model(p, cfg, splits["train"], device)
-    x_train = prepare_split(model, _on_device(splits["train"].x, device))
-    x_val = prepare_split(model, _on_device(splits["val"].x, device))
-    y_train, y_val = _on_device(splits["train"].y, device), _on_device(splits["val"].y, device)
-    y_fit, train_loss_fn, eval_loss_fn = _objective(p, cfg, model, y_train)
+    x_train = prepare_split(model, on_device(splits["train"].x, device))
+    x_val = prepare_split(model, on_device(splits["val"].x, device))
+    y_train, y_val = on_device(splits["train"].y, device), on_device(splits["val"].y, device)
+    y_fit, train_loss_fn, eval_loss_fn = training_objective(p, cfg, model, y_train)
     optimizer = make_optimizer(p, model.parameters())
     n = len(x_train)
     batch = n if p.optimizer == "gd" else min(p.batch_size, n)
@@ -223,7 +223,7 @@ def check_memory(p: TrainParams, cfg: ModelConfig, splits: dict[str, Split], dev
     )
 
 
-def _precision(p: TrainParams, device: torch.device) -> tuple[str, Callable[[], Any]]:
+def precision_mode(p: TrainParams, device: torch.device) -> tuple[str, Callable[[], Any]]:
     """bf16 autocast when asked for on CUDA, else fp32 (with a warning when bf16 was asked for)."""
     if p.precision == "bf16" and device.type == "cuda":
         return "bf16", lambda: torch.autocast("cuda", dtype=torch.bfloat16)
@@ -246,7 +246,7 @@ def _seeded_model(p: TrainParams, cfg: ModelConfig, train: Split,
     return model, gens
 
 
-def _objective(p: TrainParams, cfg: ModelConfig, model: nn.Module,
+def training_objective(p: TrainParams, cfg: ModelConfig, model: nn.Module,
                y_train: torch.Tensor) -> tuple[torch.Tensor, optim.LossFn, optim.LossFn]:
     """(target to fit, loss on it, loss in the target's units)."""
     eval_loss_fn = make_loss(cfg.loss, p.huber_delta)
