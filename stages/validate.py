@@ -1,8 +1,9 @@
 """Stage `validate`: Great Expectations suites on every split; bad data stops the pipeline here.
 
 `run(params, frames, meta)` builds one suite per split (stages.validation.expectations) plus a cross-split
-leakage suite, validates each split as one batch of one ephemeral GX context, adds the class
-balance check GX has no expectation for, and returns the report (pure: no files).
+leakage suite, validates each split as one batch of one ephemeral GX context (a wide split's
+feature checks on a column profile, stages.validation.profile), adds the class balance check GX
+has no expectation for, and returns the report (pure: no files).
 
 `main()` reads data/, writes reports/validation.json and the GX Data Docs site under
 reports/data_docs/, and raises ValidationFailed (exit 1, one line per failed check on stderr)
@@ -43,6 +44,7 @@ from stages.data.splits import read_split_frame  # noqa: E402
 from stages.validation.checks import class_balance_failures, leakage_detail, row_hashes
 from stages.validation.expectations import HASH_COLUMN, leakage_expectation, reference_stats, split_expectations  # noqa: E402
 from stages.validation.gx import BATCH_BYTES, _fast_decimal_scan, make_context, validate_frame, validate_split
+from stages.validation.profile import WIDE_COLUMNS, in_suite_order, profiled_columns, validate_profile
 from stages.validation.report import describe_failure, failure_message, jsonable  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -58,11 +60,25 @@ def _section(checks: int, failures: list[dict[str, Any]], rows: int | None = Non
     return section
 
 
-def run(params: ValidateParams, frames: dict[str, pd.DataFrame], meta: Meta,
-        context: Any = None, batch_bytes: int = BATCH_BYTES) -> dict[str, Any]:
+def validate_one_split(context: Any, split: str, frame: pd.DataFrame, meta: Meta, params: ValidateParams,
+                       refs: dict[str, Any], batch_bytes: int, wide_columns: int) -> dict[str, Any]:
+    """One split's report section: its GX suite and, for a wide split, its column profile."""
+    profiled = profiled_columns(frame, list(meta.feature_names), wide_columns)
+    suite = split_expectations(split, frame, meta, params, refs, profiled)
+    checks, failed_results = validate_split(context, split, frame, suite, batch_bytes)
+    failed = [describe_failure(split, er, frame) for er in failed_results]
+    if profiled:
+        profile_checks, profile_failed = validate_profile(context, split, frame, profiled, refs, params, batch_bytes)
+        checks += profile_checks
+        failed = in_suite_order(failed + profile_failed, [*meta.feature_names, meta.target])
+    return _section(checks, failed, rows=len(frame))
+
+
+def run(params: ValidateParams, frames: dict[str, pd.DataFrame], meta: Meta, context: Any = None,
+        batch_bytes: int = BATCH_BYTES, wide_columns: int = WIDE_COLUMNS) -> dict[str, Any]:
     """Validate the three splits; return the report. `context`: a GX context (e.g. one with a
     Data Docs site, see make_context); a fresh in-memory one by default. `batch_bytes`: see
-    expectation_batches."""
+    expectation_batches. `wide_columns`: see profiled_columns."""
     missing = [s for s in SPLITS if s not in frames]
     if missing:
         raise DataError(f"validate: split(s) {', '.join(missing)} not given")
@@ -75,11 +91,8 @@ def run(params: ValidateParams, frames: dict[str, pd.DataFrame], meta: Meta,
     report: dict[str, Any] = {"task": meta.task, "splits": {}, "cross_split": {}}
 
     for split in SPLITS:
-        frame = frames[split]
-        suite = split_expectations(split, frame, meta, params, refs)
-        checks, failed_results = validate_split(context, split, frame, suite, batch_bytes)
-        failed = [describe_failure(split, er, frame) for er in failed_results]
-        report["splits"][split] = _section(checks, failed, rows=len(frame))
+        report["splits"][split] = validate_one_split(context, split, frames[split], meta, params, refs,
+                                                     batch_bytes, wide_columns)
 
     if meta.task == "classification":
         for failure in class_balance_failures(frames, meta, params.class_balance_tol):

@@ -21,14 +21,20 @@ check name and what was expected, in words, for the report and the stderr list.
 
 Class balance has no GX expectation (GX has none for a per-value proportion); it is computed in
 stages.validation.checks and reported in the same format.
+
+In a split with more than profile.WIDE_COLUMNS numeric features, those features' dtype, nulls,
+range and drift checks run on a column profile instead (stages.validation.profile), with the same
+bounds, verdicts and report entries; this suite then holds the table checks, the target's checks
+and those of any feature of another dtype.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -43,6 +49,12 @@ import great_expectations.expectations as gxe  # noqa: E402
 from stages.core.errors import ParamsError  # noqa: E402
 from stages.core.params import ValidateParams  # noqa: E402
 
+# the order of the checks in a split's suite, and so in its report
+CHECKS = ("schema", "row_count", "min_rows", "dtype", "nulls", "range", "drift_mean", "drift_std",
+          "labels", "classes_present")
+TABLE_CHECKS = CHECKS[:3]
+DTYPE_EXPECTED = "numeric dtype (float or int)"
+NULLS_EXPECTED = "no nulls (NaN or None)"
 FLOAT_TYPES = ["float16", "float32", "float64"]
 INT_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
 HASH_COLUMN = "row_hash"
@@ -122,37 +134,62 @@ def _g(x: float) -> str:
     return f"{x:.6g}"
 
 
-def drift_expectations(col: str, ref: ColumnReference, n_split: int, params: ValidateParams) -> list[Any]:
-    """Mean within drift_mean_tol train stds of train's, std within drift_std_tol (relative).
+class DriftBounds(NamedTuple):
+    """What drift_mean and drift_std allow one val/test column, with the words the report uses."""
+
+    mean_low: float
+    mean_high: float
+    mean_expected: str
+    std_low: float
+    std_high: float
+    std_expected: str
+
+
+def drift_bounds(ref: ColumnReference, n_split: int, params: ValidateParams) -> DriftBounds | None:
+    """Mean within drift_mean_tol train stds of train's, std within drift_std_tol (relative);
+    None when there is no spread to compare (one row, or no finite train std).
 
     Each tolerance is at least `drift_noise_z` standard errors of the difference between the two
     sample statistics, so sampling noise in a small split is not called drift (with 90 val rows
     a mean wanders about 0.1 std by chance alone).
     """
     if not (ref.n > 1 and n_split > 1 and math.isfinite(ref.std)):
-        return []
+        return None
     both = 1 / n_split + 1 / ref.n
     mean_tol = max(params.drift_mean_tol, params.drift_noise_z * math.sqrt(both))
     # standard error of a sample std, relative: sqrt((kurtosis - 1) / 4n), any distribution
     std_tol = max(params.drift_std_tol, params.drift_noise_z * 0.5 * math.sqrt(max(ref.kurtosis - 1, 0) * both))
     lo_m, hi_m = ref.mean - mean_tol * ref.std, ref.mean + mean_tol * ref.std
     lo_s, hi_s = max(ref.std * (1 - std_tol), 0.0), ref.std * (1 + std_tol)
+    return DriftBounds(lo_m, hi_m, f"mean in [{_g(lo_m)}, {_g(hi_m)}] (train {_g(ref.mean)} +- {mean_tol:.3g} train std)",
+                       lo_s, hi_s, f"std in [{_g(lo_s)}, {_g(hi_s)}] (train {_g(ref.std)} +- {std_tol:.0%})")
+
+
+def drift_expectations(col: str, ref: ColumnReference, n_split: int, params: ValidateParams) -> list[Any]:
+    """ExpectColumnMeanToBeBetween and ExpectColumnStdevToBeBetween for drift_bounds (none without)."""
+    bounds = drift_bounds(ref, n_split, params)
+    if bounds is None:
+        return []
     return [
         gxe.ExpectColumnMeanToBeBetween(
-            column=col, min_value=lo_m, max_value=hi_m,
-            meta=_meta("drift_mean", f"mean in [{_g(lo_m)}, {_g(hi_m)}] "
-                       f"(train {_g(ref.mean)} +- {mean_tol:.3g} train std)")),
+            column=col, min_value=bounds.mean_low, max_value=bounds.mean_high,
+            meta=_meta("drift_mean", bounds.mean_expected)),
         gxe.ExpectColumnStdevToBeBetween(
-            column=col, min_value=lo_s, max_value=hi_s,
-            meta=_meta("drift_std", f"std in [{_g(lo_s)}, {_g(hi_s)}] "
-                       f"(train {_g(ref.std)} +- {std_tol:.0%})")),
+            column=col, min_value=bounds.std_low, max_value=bounds.std_high,
+            meta=_meta("drift_std", bounds.std_expected)),
     ]
 
 
+def range_expected(ref: ColumnReference) -> str:
+    where = "validate bounds" if ref.bounds_from == "params" else "robust bounds from train"
+    return f"finite values in [{_g(ref.low)}, {_g(ref.high)}] ({where})"
+
+
 def split_expectations(split: str, frame: pd.DataFrame, meta: Meta, params: ValidateParams,
-                       refs: dict[str, ColumnReference]) -> list[Any]:
+                       refs: dict[str, ColumnReference], profiled: Collection[str] = ()) -> list[Any]:
     """The suite for one split. Column checks go only on columns that exist with a numeric dtype:
-    a missing or string column is reported once, by `schema` or `dtype`, not by every check."""
+    a missing or string column is reported once, by `schema` or `dtype`, not by every check.
+    `profiled`: features whose column checks run on the column profile instead (profile.py)."""
     features, target = list(meta.feature_names), meta.target
     classification = meta.task == "classification"
     expected_rows = int(meta.rows[split])
@@ -167,23 +204,21 @@ def split_expectations(split: str, frame: pd.DataFrame, meta: Meta, params: Vali
     ]
     if frame.empty:  # nothing to check per column; the row-count checks say why
         return suite
+    profiled = set(profiled)
     for col in [*features, target]:
-        if col not in frame.columns:
+        if col not in frame.columns or col in profiled:
             continue
         labels = classification and col == target
         suite.append(gxe.ExpectColumnValuesToBeInTypeList(
             column=col, type_list=INT_TYPES if labels else FLOAT_TYPES + INT_TYPES,
-            meta=_meta("dtype", "integer dtype (class index)" if labels else "numeric dtype (float or int)")))
+            meta=_meta("dtype", "integer dtype (class index)" if labels else DTYPE_EXPECTED)))
         if not is_numeric(frame[col]):
             continue
-        suite.append(gxe.ExpectColumnValuesToNotBeNull(
-            column=col, meta=_meta("nulls", "no nulls (NaN or None)")))
+        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=col, meta=_meta("nulls", NULLS_EXPECTED)))
         ref = refs.get(col)
         if ref is not None and ref.low is not None:
-            where = "validate bounds" if ref.bounds_from == "params" else "robust bounds from train"
             suite.append(gxe.ExpectColumnValuesToBeBetween(
-                column=col, min_value=ref.low, max_value=ref.high,
-                meta=_meta("range", f"finite values in [{_g(ref.low)}, {_g(ref.high)}] ({where})")))
+                column=col, min_value=ref.low, max_value=ref.high, meta=_meta("range", range_expected(ref))))
         if split != "train" and col in features and ref is not None:
             suite.extend(drift_expectations(col, ref, len(frame), params))
     if classification and target in frame.columns and is_numeric(frame[target]):

@@ -5,6 +5,7 @@ frame GX sees, and a split validated in batches of columns so memory stays bound
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -62,22 +63,29 @@ def make_context(docs_dir: Path | None = None) -> Any:
     return gx.get_context(project_config=config, mode="ephemeral")
 
 
-def gx_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` with float columns as float64 and integer columns as int64.
+def gx_dtype(dtype: Any) -> Any:
+    """The dtype GX is given a column of `dtype` in (gx_frame): float64 for floats, int64 for
+    integers up to 32 bits (and int64, uint64), anything else as it is."""
+    if not isinstance(dtype, np.dtype):
+        return dtype  # pandas extension dtypes (strings, nullable) are left as they are
+    if dtype.kind == "f":
+        return np.dtype(np.float64)
+    if dtype.kind == "i" or (dtype.kind == "u" and dtype.itemsize < 8):
+        return np.dtype(np.int64)
+    return dtype
+
+
+def gx_frame(frame: pd.DataFrame, columns: Collection[str] | None = None) -> pd.DataFrame:
+    """`frame` with float columns as float64 and integer columns as int64 (of `columns` only, if
+    given: the others are left as they are).
 
     GX 1.24 compares values with bounds vectorised only for exactly those two dtypes; a float32
     column goes through a Python function per value, an order of magnitude slower. The cast keeps every value and
     the kind of dtype (float stays float, integer stays integer), which is all the dtype check
     looks at.
     """
-    casts = {}
-    for col, dtype in frame.dtypes.items():
-        if not isinstance(dtype, np.dtype):
-            continue  # pandas extension dtypes (strings, nullable) are left as they are
-        if dtype.kind == "f" and dtype != np.float64:
-            casts[col] = np.float64
-        elif (dtype.kind == "i" or (dtype.kind == "u" and dtype.itemsize < 8)) and dtype != np.int64:
-            casts[col] = np.int64
+    casts = {col: cast for col, dtype in frame.dtypes.items()
+             if (columns is None or col in columns) and (cast := gx_dtype(dtype)) != dtype}
     return frame.astype(casts) if casts else frame
 
 
@@ -89,11 +97,14 @@ def _release_batches(source: Any) -> None:
     manager.batch_data_cache.clear()
 
 
-def validate_frame(context: Any, name: str, frame: pd.DataFrame, expectations: list[Any], cast: bool = True) -> Any:
+def validate_frame(context: Any, name: str, frame: pd.DataFrame, expectations: list[Any], cast: bool = True,
+                   result_format: str = "BASIC") -> Any:
     """Run one suite on one dataframe (one batch); the result is also stored for Data Docs.
     `cast`: give GX the float64/int64 copy it checks values fastest on (gx_frame); suites that
-    look at no values (the table's columns and row count) take the frame as it is."""
-    frame = gx_frame(frame) if cast else frame
+    look at no values (the table's columns and row count) take the frame as it is.
+    `result_format`: COMPLETE also lists the index of every unexpected row."""
+    # only the columns an expectation looks at: a table check on a wide frame needs no copy of it
+    frame = gx_frame(frame, {getattr(e, "column", None) for e in expectations}) if cast else frame
     source = context.data_sources.add_or_update_pandas(name="frames")
     batch = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("all rows")
     suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
@@ -101,7 +112,7 @@ def validate_frame(context: Any, name: str, frame: pd.DataFrame, expectations: l
     try:
         # the std of a column holding inf is NaN, with a numpy warning on stderr; the report says it
         with np.errstate(all="ignore"):
-            return definition.run(batch_parameters={"dataframe": frame}, result_format="BASIC")
+            return definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
     finally:
         _release_batches(source)
 

@@ -32,6 +32,28 @@ def _exception_message(info: dict[str, Any] | None) -> str | None:
     return None
 
 
+def nulls_observed(n: int, total: int) -> str:
+    return f"{n} of {total} values null (NaN/None)"
+
+
+def outside_observed(n: int, total: int, sample: list[Any], n_inf: int = 0) -> str:
+    """A column-map failure: how many values, how many infinite (range), a few of them."""
+    text = f"{n} of {total} values outside" + (f", {n_inf} of them infinite (inf)" if n_inf else "")
+    shown = ", ".join(str(v) for v in jsonable(sample)[:5])
+    return f"{text} (e.g. {shown})" if shown else text
+
+
+def infinite_count(frame: pd.DataFrame, col: str) -> int:
+    return int(np.isinf(frame[col].to_numpy(np.float64, na_value=np.nan)).sum()) if col in frame.columns else 0
+
+
+def statistic_observed(name: str, value: float | None) -> str:
+    """A mean or std; GX gives None for NaN."""
+    if value is None or not math.isfinite(value):
+        return f"{name} {value} (non-finite values in the column)"
+    return f"{name} {value:.6g}"
+
+
 def _observed(kind: str, kwargs: dict[str, Any], result: dict[str, Any], frame: pd.DataFrame) -> str:
     """What GX observed, in words."""
     col = kwargs.get("column")
@@ -53,20 +75,13 @@ def _observed(kind: str, kwargs: dict[str, Any], result: dict[str, Any], frame: 
     if "unexpected_count" in result:  # column-map expectations
         n, total = result["unexpected_count"], result.get("element_count")
         if kind == "expect_column_values_to_not_be_null":
-            return f"{n} of {total} values null (NaN/None)"
-        sample = ", ".join(str(v) for v in jsonable(result.get("partial_unexpected_list") or [])[:5])
-        text = f"{n} of {total} values outside"
-        if kind == "expect_column_values_to_be_between" and col in frame.columns:
-            n_inf = int(np.isinf(frame[col].to_numpy(np.float64, na_value=np.nan)).sum())
-            if n_inf:
-                text += f", {n_inf} of them infinite (inf)"
-        return f"{text} (e.g. {sample})" if sample else text
+            return nulls_observed(n, total)
+        n_inf = infinite_count(frame, col) if kind == "expect_column_values_to_be_between" else 0
+        return outside_observed(n, total, result.get("partial_unexpected_list") or [], n_inf)
     observed = result.get("observed_value")
     name = {"expect_column_mean_to_be_between": "mean", "expect_column_stdev_to_be_between": "std"}.get(kind)
     if name:
-        if observed is None or not math.isfinite(observed):
-            return f"{name} {observed} (non-finite values in the column)"
-        return f"{name} {observed:.6g}"
+        return statistic_observed(name, observed)
     if kind.startswith("expect_table_row_count"):
         return f"{observed} rows"
     return str(jsonable(observed))

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from stages import generate, validate
-from stages.core.contracts import SPLITS, Meta
+from stages.core.contracts import Meta
 from stages.core.errors import DataError, ParamsError, ValidationFailed
 from stages.core.params import DataParams, ValidateParams, parse_params
 from stages.data.splits import read_split_frame
@@ -30,24 +30,6 @@ from stages.validation.report import failure_message, jsonable
 from tests.conftest import ROOT, SMALL_PARAMS, make_pipeline_repo, run_cmd
 
 PARAMS = ValidateParams()
-
-
-def _generate(tmp_path_factory: pytest.TempPathFactory, name: str, **data: object) -> tuple[dict, dict]:
-    out = tmp_path_factory.mktemp(name)
-    meta = generate.run(DataParams(**data), out)
-    return meta, {s: read_split_frame(s, out) for s in SPLITS}
-
-
-@pytest.fixture(scope="module")
-def regression(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
-    # 600 rows: train 420, val 90, test 90; friedman features are uniform on [0, 1]
-    return _generate(tmp_path_factory, "regression", kind="friedman", n_samples=600, n_features=5, seed=3)
-
-
-@pytest.fixture(scope="module")
-def classes(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
-    return _generate(tmp_path_factory, "classes", kind="classification", n_samples=600, n_features=4,
-                     n_informative=2, n_classes=3, noise=0.05, seed=5)
 
 
 def copies(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
