@@ -3,17 +3,18 @@
     .venv/bin/python benchmarks/validate_scale.py [--rows 1000000] [--features 20] [--kind friedman]
     .venv/bin/python benchmarks/validate_scale.py --rows 1000 --columns 10,100,1000,10000 [--timeout 600]
 
-One point (no --columns): generates the data with the real generate stage into a temporary
-folder, then measures, in this process: the GX import, reading the splits, the validation work
-(`stages.validate.run`, with its parts: train reference statistics, row hashing) and building the
-Data Docs; and, in a fresh subprocess, the whole stage (`python -m stages.validate`): wall time
-and peak RSS.
+One point (no --columns): generates the data with the real generate stage (in a child process)
+into a temporary folder, then measures, in this process: the GX import, reading the splits, the
+validation work (`stages.validate.run`, with its parts: train reference statistics, row hashing)
+and building the Data Docs, and this process's peak RSS; and, in a fresh subprocess, the whole
+stage (`python -m stages.validate`): wall time, CPU and peak RSS.
 
 The columns axis (--columns): one fresh subprocess per point (so each peak RSS is that point's
 own), each measuring the same things as one point without the whole-stage run; a point that
 runs past --timeout is cut off and reported as such. `read s` is reading the three splits, `run s`
 the validation (stages.validate.run), `docs s` building the Data Docs, `validate s` the two.
---reader whole-file reads the same frames without the stage reader's per-column metadata parse. Nothing is written outside the temporary
+--reader whole-file reads the same frames as the stage's reader with the file's metadata parsed
+once (the stage's reader parses it once per column). Nothing is written outside the temporary
 folders.
 """
 
@@ -52,22 +53,29 @@ def read_whole_file(split: str, data_dir: Path) -> pd.DataFrame:
     return pd.concat([file.read(columns=[n], use_pandas_metadata=True).to_pandas() for n in names], axis=1)
 
 
+def generate_data(rows: int, features: int, kind: str, data_dir: Path) -> None:
+    """The real generate stage, in a child process: this one's peak RSS is then reading and
+    validating alone."""
+    code = ("from stages import generate; from stages.core.params import DataParams; "
+            f"generate.run(DataParams(kind={kind!r}, n_samples={rows}, n_features={features}, "
+            f"n_informative={min(5, features)}, noise={0.1 if kind == 'classification' else 1.0}), "
+            f"{str(data_dir)!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 def measure(rows: int, features: int, kind: str, work: Path, reader: str = "stage") -> dict:
     """Generate one dataset into `work` and time each part of validating it, in this process."""
-    from stages import generate
-    from stages.core.contracts import SPLITS
-    from stages.core.params import DataParams, ValidateParams
+    from stages.core.contracts import SPLITS, load_meta
+    from stages.core.params import ValidateParams
     from stages.data.splits import read_split_frame
 
     read = read_split_frame if reader == "stage" else read_whole_file
 
     t = time.perf_counter()
-    meta = generate.run(DataParams(kind=kind, n_samples=rows, n_features=features,
-                                   n_informative=min(5, features),
-                                   noise=0.1 if kind == "classification" else 1.0),
-                        work / "data")
+    generate_data(rows, features, kind, work / "data")
+    meta = load_meta(work / "data")
     out = {"rows": rows, "columns": features, "kind": kind, "split_rows": meta.rows,
-           "generate_s": time.perf_counter() - t, "rss_after_generate_mib": peak_rss_mib()}
+           "generate_s": time.perf_counter() - t, "rss_before_read_mib": peak_rss_mib()}
 
     t, cpu = time.perf_counter(), time.process_time()
     from stages import validate
@@ -123,21 +131,26 @@ def one_point(args: argparse.Namespace) -> None:
         print(f"  row hashing (alone)           {m['hash_s']:6.2f} s")
         print(f"build Data Docs                 {m['docs_s']:6.2f} s")
         print(f"peak RSS of this process        {m['peak_rss_mib']:6.0f} MiB "
-              f"(after generating: {m['rss_after_generate_mib']:.0f} MiB)")
+              f"(before reading: {m['rss_before_read_mib']:.0f} MiB; data generated in a child process)")
         print("\n".join(m["failure_lines"]))
         if args.no_subprocess:
             return
         (work / "params.yaml").write_text("validate: {}\n")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "stages.validate"], cwd=work, env=env,
-                              capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        child = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with tempfile.TemporaryFile("w+") as stderr:
+            # wait4: this child's own rusage (RUSAGE_CHILDREN would include the generate child)
+            proc = subprocess.Popen([sys.executable, "-m", "stages.validate"], cwd=work, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            wall = time.perf_counter() - t
+            stderr.seek(0)
+            errors = stderr.read()
         print(f"whole stage (python -m stages.validate): exit {proc.returncode}, wall {wall:.2f} s, "
-              f"CPU {child.ru_utime + child.ru_stime:.2f} s, peak RSS {child.ru_maxrss / 1024:.0f} MiB")
+              f"CPU {usage.ru_utime + usage.ru_stime:.2f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MiB")
         if proc.returncode:
-            print(proc.stderr[-3000:])
+            print(errors[-3000:])
 
 
 def columns_axis(args: argparse.Namespace) -> None:

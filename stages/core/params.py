@@ -161,9 +161,16 @@ class ValidateParams(Section):
     class_balance_tol: float = Field(0.05, gt=0, le=1)
     drift_mean_tol: float = Field(0.25, gt=0)  # in train stds
     drift_std_tol: float = Field(0.25, gt=0)  # relative to train's std
-    # drift tolerances widen to this many standard errors of the statistic in small splits
+    # drift tolerances (and the raw layout's share tolerances) widen to this many standard errors
+    # of the statistic in small splits
     drift_noise_z: float = Field(5.0, ge=0)
     check_leakage: bool = True
+    # the raw layout (meta.json `columns`: user tables, mixed), stages/validation/raw.py and duplicates.py
+    missing_rate_tol: float = Field(0.1, ge=0, le=1)  # a column's missing share may exceed train's by this
+    unseen_tol: float = Field(0.05, ge=0, le=1)  # share of val/test values in categories train lacks, beyond expected
+    outlier_tol: float = Field(0.01, ge=0, le=1)  # share outside the robust bounds that only warns
+    category_share_tol: float = Field(0.1, gt=0, le=1)  # a category's share may move by this from train's
+    leakage_tol: float = Field(0.0, ge=0, le=1)  # rows shared with an earlier split, beyond train's own duplicates
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ValidateParams:

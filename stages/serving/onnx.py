@@ -433,7 +433,7 @@ def export_model(
 
         others: dict[str, Path] = {}
         if pruned is not None:  # the unpruned model, exported and quantised alike, for comparison only
-            others = {"unpruned_fp32": Path(ref_dir) / "fp32.onnx", "unpruned_int8": Path(ref_dir) / "int8.onnx"}
+            others = {"unpruned_fp32": Path(ref_dir) / ONNX_NAME, "unpruned_int8": Path(ref_dir) / INT8_NAME}
             export_onnx(unpruned, unpruned_cfg, others["unpruned_fp32"], params.opset)
             quantize_model(others["unpruned_fp32"], others["unpruned_int8"], params.quantization,
                            calibration_input(params, unpruned_cfg, splits, frames))

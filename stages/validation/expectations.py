@@ -26,6 +26,11 @@ In a split with more than profile.WIDE_COLUMNS numeric features, those features'
 range and drift checks run on a column profile instead (stages.validation.profile), with the same
 bounds, verdicts and report entries; this suite then holds the table checks, the target's checks
 and those of any feature of another dtype.
+
+These checks are the numeric layout's (meta.json without `columns`: synthetic numeric data, where
+any gap, outlier or shared row is a fault). The raw layout (user tables, the mixed kind) keeps this
+suite's table checks and a classification target's checks; its columns are judged against train
+with tolerances by stages.validation.raw, its shared rows by stages.validation.duplicates.
 """
 
 from __future__ import annotations
@@ -50,8 +55,8 @@ from stages.core.errors import ParamsError  # noqa: E402
 from stages.core.params import ValidateParams  # noqa: E402
 
 # the order of the checks in a split's suite, and so in its report
-CHECKS = ("schema", "row_count", "min_rows", "dtype", "nulls", "range", "drift_mean", "drift_std",
-          "labels", "classes_present")
+CHECKS = ("schema", "row_count", "min_rows", "dtype", "nulls", "missing", "unseen", "range", "drift_mean",
+          "drift_std", "category_shares", "labels", "classes_present")  # missing, unseen, category_shares: raw layout
 TABLE_CHECKS = CHECKS[:3]
 DTYPE_EXPECTED = "numeric dtype (float or int)"
 NULLS_EXPECTED = "no nulls (NaN or None)"
@@ -82,14 +87,8 @@ def _finite_values(series: pd.Series) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def column_reference(series: pd.Series | None, quantile: float, margin: float,
-                     bounds: tuple[float, float] | None) -> ColumnReference:
-    """Robust bounds and moments of one train column, from its finite values only.
-
-    Bounds are the train quantiles [q, 1 - q] widened by `margin` times their distance, so a few
-    outliers in train neither fail train nor make the bounds useless; explicit bounds win.
-    """
-    values = _finite_values(series) if series is not None and is_numeric(series) else np.empty(0)
+def moments(values: np.ndarray) -> tuple[float, float, float, int]:
+    """(mean, sample std, kurtosis E[(x - mean)^4] / std^4, n) of finite `values`; NaN where undefined."""
     n = len(values)
     mean = float(values.mean()) if n else math.nan
     std = kurt = math.nan
@@ -98,6 +97,18 @@ def column_reference(series: pd.Series | None, quantile: float, margin: float,
         var = float(dev2.sum() / (n - 1))
         std = math.sqrt(var)
         kurt = float(np.square(dev2).mean() / var**2) if var > 0 else 3.0
+    return mean, std, kurt, n
+
+
+def column_reference(series: pd.Series | None, quantile: float, margin: float,
+                     bounds: tuple[float, float] | None) -> ColumnReference:
+    """Robust bounds and moments of one train column, from its finite values only.
+
+    Bounds are the train quantiles [q, 1 - q] widened by `margin` times their distance, so a few
+    outliers in train neither fail train nor make the bounds useless; explicit bounds win.
+    """
+    values = _finite_values(series) if series is not None and is_numeric(series) else np.empty(0)
+    mean, std, kurt, n = moments(values)
     if bounds is not None:
         return ColumnReference(float(bounds[0]), float(bounds[1]), "params", mean, std, kurt, n)
     if not n:
@@ -107,15 +118,20 @@ def column_reference(series: pd.Series | None, quantile: float, margin: float,
     return ColumnReference(float(q_lo - width), float(q_hi + width), "train", mean, std, kurt, n)
 
 
-def reference_stats(params: ValidateParams, train: pd.DataFrame, meta: Meta) -> dict[str, ColumnReference]:
-    """A ColumnReference for every feature, and for a regression target (its range)."""
-    features = list(meta.feature_names)
+def check_feature_bounds(params: ValidateParams, features: list[str]) -> None:
+    """validate.feature_bounds names only features of the data (else a ParamsError naming them)."""
     unknown = sorted(set(params.feature_bounds or {}) - set(features))
     if unknown:
         raise ParamsError(
             f"validate.feature_bounds: {', '.join(unknown)} not a feature of the data "
             f"(features: {', '.join(features)})"
         )
+
+
+def reference_stats(params: ValidateParams, train: pd.DataFrame, meta: Meta) -> dict[str, ColumnReference]:
+    """A ColumnReference for every feature, and for a regression target (its range)."""
+    features = list(meta.feature_names)
+    check_feature_bounds(params, features)
     columns = {c: (params.feature_bounds or {}).get(c) for c in features}
     if meta.task == "regression":
         columns[meta.target] = params.target_bounds
@@ -226,10 +242,24 @@ def split_expectations(split: str, frame: pd.DataFrame, meta: Meta, params: Vali
         suite.append(gxe.ExpectColumnValuesToBeInSet(
             column=target, value_set=classes,
             meta=_meta("labels", f"labels in the class set {classes}")))
-        suite.append(gxe.ExpectColumnDistinctValuesToContainSet(
-            column=target, value_set=classes,
-            meta=_meta("classes_present", f"every class {classes} present")))
+        suite.append(present_classes_expectation(split, meta))
     return suite
+
+
+def present_classes_expectation(split: str, meta: Meta) -> Any:
+    """Every class in every split; in the raw layout, every class generate put in this split (a
+    user's class of 3 rows cannot be in all three splits; meta.json `class_counts` says where)."""
+    classes = list(range(len(meta.classes)))
+    counts = (meta.class_counts or {}).get(split)
+    if meta.columns is not None and counts is not None and len(counts) == len(classes):
+        placed = [c for c in classes if counts[c] > 0]
+        expected = f"every class {classes} present" if placed == classes else \
+            f"every class generate put in this split {placed} present (meta.json class_counts)"
+        classes = placed
+    else:
+        expected = f"every class {classes} present"
+    return gxe.ExpectColumnDistinctValuesToContainSet(column=meta.target, value_set=classes,
+                                                      meta=_meta("classes_present", expected))
 
 
 def leakage_expectation() -> Any:

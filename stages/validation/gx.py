@@ -86,7 +86,12 @@ def gx_frame(frame: pd.DataFrame, columns: Collection[str] | None = None) -> pd.
     """
     casts = {col: cast for col, dtype in frame.dtypes.items()
              if (columns is None or col in columns) and (cast := gx_dtype(dtype)) != dtype}
-    return frame.astype(casts) if casts else frame
+    if not casts or len(casts) == len(frame.columns):
+        return frame.astype(casts) if casts else frame
+    cast = frame.copy(deep=False)  # astype(dict) copies every column, cast or not: slow on wide frames
+    for col, dtype in casts.items():
+        cast[col] = frame[col].astype(dtype)
+    return cast
 
 
 def _release_batches(source: Any) -> None:

@@ -3,7 +3,8 @@
 Each failed check becomes {split, check, expectation, column, expected, observed, result}:
 `expected` is the text the suite builder put in the expectation's meta, `observed` says in words
 what GX saw (with the count of infinite values when a range check fails), `result` is GX's own
-result dict made JSON-safe. `failure_message` is the list printed on stderr, one line per check.
+result dict made JSON-safe. `failure_message` is the list printed on stderr, one line per check,
+each ending with the params key that relaxes the check, if one does.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from stages.core.errors import first_line
 from stages.core.io import jsonable
 
 MAX_LINES = 40  # failed checks listed on stderr; the report has them all
+# the params key a failed check of the numeric layout names (raw layout entries carry their own)
+NUMERIC_RELAXED_BY = {
+    "min_rows": "validate.min_rows",
+    "range": "validate.feature_bounds / validate.target_bounds / validate.bounds_margin",
+    "drift_mean": "validate.drift_mean_tol",
+    "drift_std": "validate.drift_std_tol",
+    "class_balance": "validate.class_balance_tol",
+    "leakage": "validate.check_leakage",
+}
 
 
 def _exception_message(info: dict[str, Any] | None) -> str | None:
@@ -103,13 +113,25 @@ def describe_failure(split: str, er: Any, frame: pd.DataFrame) -> dict[str, Any]
             "observed": observed, "result": jsonable(result)}
 
 
+def relaxed_by(failure: dict[str, Any]) -> str | None:
+    """The params key that relaxes a failed check: the entry's own `param` (raw layout), else the
+    numeric layout's key for its check; None when no key does (a schema, a dtype, a null)."""
+    if "param" in failure:
+        return failure["param"]
+    if failure["check"] == "range" and "infinite" in str(failure.get("observed")):
+        return None  # no bound admits inf
+    return NUMERIC_RELAXED_BY.get(failure["check"])
+
+
 def failure_lines(report: dict[str, Any]) -> list[str]:
-    """One line per failed check: split, check, column, expected vs observed."""
+    """One line per failed check: split, check, column, expected vs observed, and the params key
+    that relaxes it."""
     sections = [*report["splits"].values(), *report["cross_split"].values()]
     return [
         f"{f['split']}: {f['check']}"
         + (f" [{f['column']}]" if f["column"] else "")
         + f": expected {f['expected']}; observed {f['observed']}"
+        + (f" ({param})" if (param := relaxed_by(f)) else "")
         for s in sections for f in s["failed"]
     ]
 

@@ -92,6 +92,7 @@ def test_inf_fails_range_and_says_infinite(regression: tuple[dict, dict]) -> Non
     assert failure["expectation"] == "expect_column_values_to_be_between"
     assert "1 of them infinite (inf)" in failure["observed"]
     assert "\n  val: range [x2]: expected finite values in [" in failure_message(report, "r.json")
+    assert "(validate." not in failure_message(report, "r.json").splitlines()[1]  # no bound admits inf
 
 
 def test_dropped_column_fails_schema_only(regression: tuple[dict, dict]) -> None:
@@ -161,6 +162,7 @@ def test_shifted_feature_fails_drift_mean_only(regression: tuple[dict, dict]) ->
     report = validate.run(PARAMS, frames, meta)
     assert failed(report) == {("val", "drift_mean", "x0")}
     assert the_failure(report, "drift_mean")["expectation"] == "expect_column_mean_to_be_between"
+    assert failure_message(report, "r.json").endswith("(validate.drift_mean_tol)")  # the key that relaxes it
 
 
 def test_rescaled_feature_fails_drift_std(regression: tuple[dict, dict]) -> None:
