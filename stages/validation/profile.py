@@ -201,16 +201,11 @@ def profile_failure(split: str, check: str, col: str, row: pd.Series, frame: pd.
             "column": col, "expected": expected, "observed": observed, "result": result}
 
 
-def validate_profile(context: Any, split: str, frame: pd.DataFrame, columns: list[str],
-                     refs: dict[str, ColumnReference], params: ValidateParams,
-                     max_bytes: int = BATCH_BYTES) -> tuple[int, list[dict[str, Any]]]:
-    """Profile `columns` of one split, validate the profile with GX; return (checks it stands
-    for, one report entry per failing column and check)."""
-    drift = split != "train"
-    profile = column_profile(frame, profile_bounds(columns, refs, len(frame), params, drift), max_bytes)
-    results = validate_frame(context, f"{split} column profile", profile, profile_expectations(drift),
-                             cast=False, result_format="COMPLETE")
-    failing: dict[tuple[str, str], None] = {}  # a NaN mean fails both of its pair checks: one entry
+def failing_cells(split: str, results: Any, profile: pd.DataFrame) -> tuple[dict[tuple[str, str], None], list]:
+    """(column, check) of every failing row of a profile's GX results, in order and once each (a
+    NaN mean fails both of its pair checks), and the report entries of expectations GX could not
+    evaluate at all."""
+    failing: dict[tuple[str, str], None] = {}
     errors = []
     for er in results.results:
         if er.success:
@@ -221,6 +216,19 @@ def validate_profile(context: Any, split: str, frame: pd.DataFrame, columns: lis
             continue
         for item in unexpected:
             failing.setdefault((item["column"], er.expectation_config.meta["check"]))
+    return failing, errors
+
+
+def validate_profile(context: Any, split: str, frame: pd.DataFrame, columns: list[str],
+                     refs: dict[str, ColumnReference], params: ValidateParams,
+                     max_bytes: int = BATCH_BYTES) -> tuple[int, list[dict[str, Any]]]:
+    """Profile `columns` of one split, validate the profile with GX; return (checks it stands
+    for, one report entry per failing column and check)."""
+    drift = split != "train"
+    profile = column_profile(frame, profile_bounds(columns, refs, len(frame), params, drift), max_bytes)
+    results = validate_frame(context, f"{split} column profile", profile, profile_expectations(drift),
+                             cast=False, result_format="COMPLETE")
+    failing, errors = failing_cells(split, results, profile)
     failures = [profile_failure(split, check, col, profile.loc[col], frame, refs.get(col), params)
                 for col, check in failing]
     return profile_checks(profile), errors + failures

@@ -25,6 +25,7 @@ import great_expectations.expectations as gxe  # noqa: E402
 from stages.core.params import ValidateParams  # noqa: E402
 from stages.validation.expectations import CHECKS, drift_bounds  # noqa: E402
 from stages.validation.gx import validate_frame  # noqa: E402
+from stages.validation.profile import failing_cells  # noqa: E402
 from stages.validation.raw import (  # noqa: E402
     KIND_DTYPES,
     KIND_FAMILIES,
@@ -33,7 +34,6 @@ from stages.validation.raw import (  # noqa: E402
     column_numbers,
     column_profile,
 )
-from stages.validation.report import describe_failure  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -192,17 +192,7 @@ def validate_raw_columns(context: Any, split: str, frame: pd.DataFrame, refs: di
         return 0, [], []
     results = validate_frame(context, f"{split} columns", profile, profile_expectations(drift), cast=False,
                              result_format="COMPLETE")
-    failing: dict[tuple[str, str], None] = {}  # a NaN mean fails both of its pair checks: one entry
-    errors = []
-    for er in results.results:
-        if er.success:
-            continue
-        unexpected = (er.result or {}).get("unexpected_index_list")
-        if unexpected is None:  # GX could not evaluate it: say so, as for any expectation
-            errors.append(describe_failure(split, er, profile))
-            continue
-        for item in unexpected:
-            failing.setdefault((item["column"], er.expectation_config.meta["check"]))
+    failing, errors = failing_cells(split, results, profile)
     position = {c: i for i, c in enumerate(profile.index)}
     order = sorted(failing, key=lambda key: (position[key[0]], CHECKS.index(key[1])))
     failures = [raw_entry(split, check, col, profile.loc[col], frame[col], refs[col], params, col == target)
