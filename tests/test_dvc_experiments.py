@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import socket
 import subprocess
 import sys
 import time
@@ -61,6 +62,12 @@ def experiments(repo: Path) -> dict[str, dict]:
     return found
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_queued_experiments_then_fitline_sweep_agrees(tmp_path):
     repo = make_pipeline_repo(tmp_path / "repo")
     # the whole params.yaml, not merged over the project's: the sweep grid must be this one alone
@@ -83,11 +90,16 @@ def test_queued_experiments_then_fitline_sweep_agrees(tmp_path):
 
     # the same grid as an in-process sweep (Prefect with its own temporary server, isolated home)
     run_cmd(["dvc", "repro", "validate"], repo)
-    env = {**subprocess_env(), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env = {**subprocess_env(), "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_API_PORT": str(_free_port())}
     env.pop("PREFECT_API_URL", None)
-    # `fitline sweep`, with the copy's own code (as DVC ran it), not the installed checkout's
-    cli = [sys.executable, "-c", "from flows.cli import app; app()", "sweep", "--workers", "1"]
-    proc = subprocess.run(cli, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    # `fitline sweep`, with the copy's own code (as DVC ran it), not the installed checkout's;
+    # it starts the local background server of this isolated home: stopped again below
+    cli = [sys.executable, "-c", "from flows.cli import app; app()"]
+    try:
+        proc = subprocess.run([*cli, "sweep", "--workers", "1"], cwd=repo, env=env, capture_output=True, text=True,
+                              timeout=600)
+    finally:
+        subprocess.run([*cli, "server", "stop"], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["optimizer"]: r for r in csv.DictReader((repo / "reports" / "sweep.csv").read_text().splitlines())}
     assert len(rows) == 2 and "lr" not in rows["sgd"]
