@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.workspace_lock import flock_waiting
 from stages.core.errors import FitlineError
 
 log = logging.getLogger(__name__)
@@ -210,17 +211,9 @@ def server_lock(home: Path, timeout: float) -> Iterator[None]:
     home.mkdir(parents=True, exist_ok=True)
     fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LocalServerError(
-                        f"another command is starting or stopping the local Prefect server "
-                        f"(lock {home / LOCK_FILE}); gave up after {timeout:g} s") from None
-                time.sleep(_POLL_SECONDS)
+        flock_waiting(fd, timeout, busy=lambda: LocalServerError(
+            f"another command is starting or stopping the local Prefect server "
+            f"(lock {home / LOCK_FILE}); gave up after {timeout:g} s"))
         try:
             yield
         finally:

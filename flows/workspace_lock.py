@@ -29,6 +29,25 @@ class WorkspaceBusy(FitlineError):
     """Another flow run holds the workspace lock for longer than we may wait."""
 
 
+def flock_waiting(fd: int, timeout: float, busy: Callable[[], Exception],
+                  on_first_wait: Callable[[], object] | None = None) -> None:
+    """An exclusive flock on `fd`, waiting up to `timeout` seconds; raises busy() when it runs out
+    (the kernel releases the lock when its holder dies)."""
+    deadline = time.monotonic() + max(timeout, 0.0)
+    waited = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise busy() from None
+            if not waited and on_first_wait is not None:
+                on_first_wait()
+            waited = True
+            time.sleep(_POLL_SECONDS)
+
+
 def _holder(path: Path) -> str:
     try:
         text = path.read_text().strip()
@@ -50,22 +69,13 @@ def workspace_lock(root: str | os.PathLike[str], timeout: float = 0.0,
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + max(timeout, 0.0)
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise WorkspaceBusy(
-                        f"another fitline flow run (pid {_holder(path)}) is running in {Path(root).resolve()}; "
-                        f"gave up after waiting {timeout:g} s for {path}") from None
-                if not waited:
-                    on_wait(f"waiting up to {timeout:g} s for another flow run (pid {_holder(path)}) "
-                            f"to release {path}")
-                    waited = True
-                time.sleep(_POLL_SECONDS)
+        flock_waiting(
+            fd, timeout,
+            busy=lambda: WorkspaceBusy(
+                f"another fitline flow run (pid {_holder(path)}) is running in {Path(root).resolve()}; "
+                f"gave up after waiting {timeout:g} s for {path}"),
+            on_first_wait=lambda: on_wait(f"waiting up to {timeout:g} s for another flow run "
+                                          f"(pid {_holder(path)}) to release {path}"))
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         try:
