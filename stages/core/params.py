@@ -42,10 +42,12 @@ Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16"]
 Backend = Literal["auto", "gloo", "nccl"]
 Quantization = Literal["none", "dynamic", "static"]
+Exporter = Literal["direct", "dynamo"]  # how the network becomes ONNX (stages/serving/onnx.py)
 PruneCriterion = Literal["l1", "l2"]  # the norm a hidden unit's incoming weights are ranked by
 Better = Literal["higher", "lower"]  # which way a gated metric improves
 Runner = Literal["threads", "processes", "dask"]
 JudgedLoss = Literal["mse", "log_loss"]  # the loss the fit diagnosis, sweeps and compare rank by
+PrunerName = Literal["median", "successive_halving", "none"]  # `fitline tune` stops hopeless trials early
 
 
 def allowed(option: Any) -> str:
@@ -274,6 +276,15 @@ class EvaluateParams(Section):
     val_rise: float = Field(0.1, gt=0)
     # plots: at most this many test rows (a seeded sample) in reports/predictions.csv
     plot_points: int = Field(5000, ge=10)
+    # k-fold cross-validation on train+val (stages/evaluation/cv.py): 0 = off, else k >= 2 models
+    # retrained with the train params, their held-out scores in eval.json `cv` as mean, std, folds
+    cv_folds: int = Field(0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _cv_folds(self) -> EvaluateParams:
+        if self.cv_folds == 1:
+            raise ValueError("evaluate.cv_folds: 1; cross-validation needs 2 or more folds (0 turns it off)")
+        return self
 
 
 # The loss judged for each task (the metric of the task's default training objective, so a
@@ -295,6 +306,7 @@ class PruneParams(Section):
 
 
 class ExportParams(Section):
+    exporter: Exporter = "direct"
     opset: int = Field(20, ge=18, le=23)
     quantization: Quantization = "dynamic"
     calibration_rows: int = Field(1000, ge=1)
@@ -390,6 +402,11 @@ class CompareParams(Section):
         return self.lrs.get(optimizer, COMPARE_LRS[optimizer])
 
 
+def train_keys() -> list[str]:
+    """The train keys a sweep grid or a tune space may name (dotted for the nested ones)."""
+    return sorted(k for k in TrainParams.model_fields if k != "early_stopping") + list(NESTED_TRAIN_KEYS)
+
+
 class SweepParams(Section):
     # train key -> values to try; every combination is one trial (dotted keys for early_stopping)
     grid: dict[str, tuple[Any, ...]] = Field(
@@ -402,7 +419,7 @@ class SweepParams(Section):
 
     @model_validator(mode="after")
     def _grid_keys(self) -> SweepParams:
-        allowed = sorted(k for k in TrainParams.model_fields if k != "early_stopping") + list(NESTED_TRAIN_KEYS)
+        allowed = train_keys()
         for key, values in self.grid.items():
             if key not in allowed:
                 raise ValueError(f"sweep.grid: unknown train key {key!r} (allowed: {', '.join(allowed)})")
@@ -411,6 +428,76 @@ class SweepParams(Section):
         if self.dask_address and self.runner != "dask":
             raise ValueError(f"sweep.dask_address: set, but sweep.runner is {self.runner!r} (use runner: dask)")
         return self
+
+
+# --------------------------------------------------------------------------------------- tune
+
+
+def train_key_type(key: str) -> type | None:
+    """int or float for a numeric train key (a range may be sampled), None for any other kind."""
+    *parents, leaf = key.split(".")
+    model: Any = TrainParams
+    for part in parents:
+        model = model.model_fields[part].annotation
+    annotation = model.model_fields[leaf].annotation
+    kinds = set(get_args(annotation) or (annotation,)) - {type(None)}
+    return next((kind for kind in (float, int) if kinds == {kind}), None)
+
+
+class SpaceParam(Section):
+    """One train key of the tune space: a range (low, high, log) or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False  # sample the range on a log scale (low > 0)
+    choices: tuple[Any, ...] | None = None
+
+
+class TuneParams(Section):
+    trials: int = Field(20, ge=1)  # the study's budget: finished trials (a rerun continues up to it)
+    timeout: float | None = Field(None, gt=0)  # seconds; no new trial starts after it
+    sampler_seed: int = Field(42, ge=0, le=2**32 - 1)  # TPE's seed: a fresh study is reproducible
+    startup_trials: int = Field(5, ge=0)  # random trials before TPE models; the pruner waits for as many
+    pruner: PrunerName = "median"
+    warmup_epochs: int = Field(10, ge=0)  # epochs every trial trains before it may be pruned
+    storage: str = ".dvc/tmp/fitline-tune.db"  # the studies' SQLite file, relative to the workspace
+    space: dict[str, SpaceParam] = Field(default_factory=lambda: {
+        "lr": SpaceParam(low=0.0001, high=0.03, log=True),
+        "reg_strength": SpaceParam(low=0.00001, high=0.01, log=True),
+    })
+
+    @model_validator(mode="after")
+    def _space(self) -> TuneParams:
+        if not self.space:
+            raise ValueError("tune.space: empty; name train keys with a range or choices, "
+                             "e.g. tune: {space: {lr: {low: 0.0001, high: 0.03, log: true}}}")
+        allowed = train_keys()
+        for key, spec in self.space.items():
+            if key not in allowed:
+                raise ValueError(f"tune.space: unknown train key {key!r} (allowed: {', '.join(allowed)})")
+            _check_space_param(f"tune.space.{key}", spec, train_key_type(key))
+        return self
+
+
+def _check_space_param(where: str, spec: SpaceParam, kind: type | None) -> None:
+    """A range with low < high (low > 0 on a log scale, whole numbers for an int key), or choices."""
+    ranged = spec.low is not None or spec.high is not None
+    if spec.choices is not None:
+        if ranged or spec.log:
+            raise ValueError(f"{where}: give either choices or low/high (log), not both")
+        if not spec.choices:
+            raise ValueError(f"{where}.choices: empty; give one or more values to try")
+        return
+    if spec.low is None or spec.high is None:
+        raise ValueError(f"{where}: give low and high (and log: true for a log scale), or choices: [...]")
+    if kind is None:
+        raise ValueError(f"{where}: a range needs a numeric train key; give choices: [...] instead")
+    if not spec.low < spec.high:
+        raise ValueError(f"{where}: low {spec.low:g} must be below high {spec.high:g}")
+    if spec.log and spec.low <= 0:
+        raise ValueError(f"{where}: log scale needs low > 0 (got {spec.low:g})")
+    if kind is int and not (spec.low.is_integer() and spec.high.is_integer()):
+        raise ValueError(f"{where}: an integer key needs whole-number low and high")
 
 
 # -------------------------------------------------------------------------------------- all
@@ -437,6 +524,7 @@ class Params(Section):
     export: ExportParams = ExportParams()
     gate: GateParams = GateParams()
     sweep: SweepParams = SweepParams()
+    tune: TuneParams = TuneParams()
     monitor: MonitorParams = MonitorParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
