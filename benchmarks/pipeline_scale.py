@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/pipeline_scale.py                      # 100k, 1M, 10M rows x 20 features
     .venv/bin/python benchmarks/pipeline_scale.py --rows 100000 1000000 --json scale.json
+    .venv/bin/python benchmarks/pipeline_scale.py --small    # 1,000 rows, default params, before vs after
+
+`--small` is the small-table point (benchmarks/small_table.py): the real default run on 1,000 rows,
+each stage's wall split into interpreter start, imports and work, the code of a git revision
+(`--before`) against the working tree, interleaved repeats, plus the whole cold `dvc repro`.
 
 For each size: a temporary copy of the project (stages/, dvc.yaml, params.yaml with the data
 size set), then each stage's command from dvc.yaml (generate, validate, train, evaluate, export),
@@ -27,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import small_table  # a sibling script, not a package
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("generate", "validate", "train", "evaluate", "export")
@@ -125,7 +133,12 @@ def main() -> None:
     parser.add_argument("--kind", default="friedman", choices=["friedman", "linear", "classification"])
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     parser.add_argument("--keep", type=Path, help="keep each size's copy (data, models, logs) under this folder")
+    parser.add_argument("--small", action="store_true", help="the small-table point instead (small_table.py)")
+    small_table.add_arguments(parser)
     args = parser.parse_args()
+    if args.small:
+        small_table.report(args, args.keep, args.json)
+        return
 
     results = []
     for rows in args.rows:
