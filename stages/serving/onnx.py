@@ -1,13 +1,16 @@
 """The trained model as ONNX (fp32, parity-checked) and int8, with metrics.
 
-1. The torch model, wrapped so the graph serves what users need (regression `prediction`;
-   classification `probabilities` via softmax and `label` via argmax), is exported with the
-   dynamo exporter as ONE file with a dynamic batch dimension, and checked by onnx.checker
-   (full check). Feature names, target, task and class labels go into its metadata.
+1. The torch model, plus what the graph serves users (regression `prediction`; classification
+   `probabilities` via softmax and `label` via argmax), becomes ONE ONNX file with a dynamic
+   batch dimension, by export.exporter: `direct` builds the graph from the weights
+   (stages/serving/onnx_graph.py; fitline's models only), `dynamo` traces it with torch.onnx
+   (stages/serving/onnx_dynamo.py; any module, seconds). It is checked by onnx.checker (full
+   check). Feature names, target, task and class labels go into its metadata.
    A model with a column schema (ModelConfig.columns) takes raw rows: the network, which takes
    encode_frame's matrix, gets stages/serving/raw_graph.py's front (one input per column,
    categories mapped by LabelEncoder), and the schema goes into the metadata. Without one the
-   graph is the numeric one (input `features`), byte for byte as before.
+   graph is the numeric one (input `features`). Either exporter gives the same inputs, outputs
+   and metadata, and the same bytes for the same weights wherever it runs.
 2. Parity: ONNX Runtime fp32 against torch on the whole test split (regression predictions,
    classification probabilities); any output off by more than `parity_atol + parity_rtol *
    |torch output|` fails (float32 rounding grows with the output: a price of 1e5 is off by a
@@ -39,7 +42,6 @@ import json
 import logging
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +56,12 @@ from torch import nn
 from stages.core.contracts import INT8_NAME, MODELS_DIR, ONNX_NAME, ModelConfig
 from stages.core.errors import DataError, ExportError, first_line
 from stages.core.io import atomic_path
-from stages.core.params import ExportParams, TrainParams
+from stages.core.params import Exporter, ExportParams, TrainParams, allowed
 from stages.data.encoding import onnx_inputs
 from stages.data.splits import Split
 from stages.evaluation.metrics import regression_metrics
-from stages.serving.predict import INPUT_NAME, METADATA_KEY, OnnxModel, graph_output_names, task_outputs
+from stages.serving.onnx_graph import build_network
+from stages.serving.predict import METADATA_KEY, OnnxModel, graph_output_names
 from stages.serving.quantize import calibration_index, calibration_rows, quantize_model
 from stages.serving.raw_graph import ENCODING, with_raw_inputs
 from stages.serving.rows import EDGE_ROWS, CheckRows, matrix_rows, raw_rows, tiled
@@ -79,22 +82,6 @@ LATENCY_THREADS = 1
 
 
 
-class ServingModel(nn.Module):
-    """The trained model plus what serving needs on top of it: softmax and argmax."""
-
-    def __init__(self, model: nn.Module, task: str) -> None:
-        super().__init__()
-        self.model = model
-        self.task = task
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(features)
-        if self.task == "regression":
-            return out
-        proba = torch.softmax(out, dim=-1)
-        return proba, torch.argmax(proba, dim=-1)
-
-
 def model_metadata(cfg: ModelConfig) -> dict[str, Any]:
     """What predict needs to serve the model, stored in the ONNX file (stages/serving/predict.py
     describes the keys); a numeric model's keeps the keys it always had."""
@@ -112,45 +99,31 @@ def model_metadata(cfg: ModelConfig) -> dict[str, Any]:
     return info
 
 
-def strip_debug_metadata(proto: onnx.ModelProto) -> None:
-    """Drop the exporter's per-node and per-value debug metadata (Python stack traces with the
-    checkout's and the venv's absolute paths, FX node names): with it, the same model exported
-    from two folders gave different bytes, so dvc.lock differed per checkout."""
-    graph = proto.graph
-    for item in [*graph.node, *graph.value_info, *graph.input, *graph.output, *graph.initializer]:
-        del item.metadata_props[:]
-    del graph.metadata_props[:]
-    del proto.metadata_props[:]
+def _dynamo_network(model: nn.Module, cfg: ModelConfig, opset: int) -> onnx.ModelProto:
+    from stages.serving.onnx_dynamo import dynamo_network  # only here: the first export imports torch.onnx
+
+    return dynamo_network(model, cfg, opset)
 
 
-def export_network(model: nn.Module, cfg: ModelConfig, opset: int) -> onnx.ModelProto:
-    """`model` (eval mode, CPU) plus softmax/argmax as ONNX: input `features` [batch,
-    n_features] (the encoded matrix), outputs task_outputs(task); no fitline metadata yet."""
-    task = cfg.task
-    serving = ServingModel(model, task).eval()
-    # batch 2, not 1: torch.export specialises sizes 0 and 1 instead of keeping them symbolic
-    example = torch.zeros((2, int(cfg.n_features)), dtype=torch.float32)
-    outputs = task_outputs(task)
-    try:
-        with warnings.catch_warnings():
-            # torch.export's deprecation notice about its own pytree internals, not about this call
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-            program = torch.onnx.export(
-                serving, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
-                external_data=False, opset_version=opset, input_names=[INPUT_NAME],
-                output_names=list(outputs), verbose=False,
-            )
-    except Exception as exc:  # the exporter wraps failures in several types; one line is enough
-        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {first_line(exc)}") from None
-    proto = program.model_proto
-    strip_debug_metadata(proto)
-    return proto
+# export.exporter -> (model, cfg, opset) -> the network's ONNX graph (input `features`, the encoded
+# matrix; outputs task_outputs(task); no fitline metadata yet)
+EXPORTERS: dict[Exporter, Callable[[nn.Module, ModelConfig, int], onnx.ModelProto]] = {
+    "direct": build_network,  # stages/serving/onnx_graph.py: from the weights, fitline's models only
+    "dynamo": _dynamo_network,  # torch.onnx's dynamo exporter: any module, seconds
+}
 
 
-def export_onnx(model: nn.Module, cfg: ModelConfig, dest: Path, opset: int) -> None:
+def export_network(model: nn.Module, cfg: ModelConfig, opset: int, exporter: str = "direct") -> onnx.ModelProto:
+    """`model` (eval mode, CPU) plus softmax/argmax as ONNX, by `exporter` (export.exporter)."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"export.exporter: unknown exporter {exporter!r} (allowed: {allowed(Exporter)})")
+    return EXPORTERS[exporter](model, cfg, opset)  # type: ignore[index]
+
+
+def export_onnx(model: nn.Module, cfg: ModelConfig, dest: Path, opset: int, exporter: str = "direct") -> None:
     """Write `model` to `dest` as a single-file ONNX model (raw-row inputs when cfg has a column
-    schema) with its fitline metadata, and check it."""
-    proto = export_network(model, cfg, opset)
+    schema) with its fitline metadata, and check it; `exporter`: export.exporter."""
+    proto = export_network(model, cfg, opset, exporter)
     if cfg.columns is not None:
         try:
             proto = with_raw_inputs(proto, cfg.columns, cfg.task)
@@ -414,7 +387,7 @@ def export_model(
     reference = tempfile.TemporaryDirectory(prefix="fitline-unpruned-") if pruned else contextlib.nullcontext()
     with atomic_path(fp32_dest) as fp32_tmp, atomic_path(int8_dest) as int8_tmp, reference as ref_dir:
         t0 = time.perf_counter()
-        export_onnx(model, cfg, fp32_tmp, params.opset)
+        export_onnx(model, cfg, fp32_tmp, params.opset, params.exporter)
         log.info("exported %s (%.1f s)", fp32_dest, time.perf_counter() - t0)
         ref = torch_primary(model, task, rows.x)
         if cfg.columns is not None:
@@ -434,7 +407,7 @@ def export_model(
         others: dict[str, Path] = {}
         if pruned is not None:  # the unpruned model, exported and quantised alike, for comparison only
             others = {"unpruned_fp32": Path(ref_dir) / ONNX_NAME, "unpruned_int8": Path(ref_dir) / INT8_NAME}
-            export_onnx(unpruned, unpruned_cfg, others["unpruned_fp32"], params.opset)
+            export_onnx(unpruned, unpruned_cfg, others["unpruned_fp32"], params.opset, params.exporter)
             quantize_model(others["unpruned_fp32"], others["unpruned_int8"], params.quantization,
                            calibration_input(params, unpruned_cfg, splits, frames))
         latency_ms = latency(model, fp32_tmp, int8_tmp, rows, params.latency_repeats, others)

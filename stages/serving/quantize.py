@@ -60,7 +60,8 @@ def _prepared(src: Path) -> onnx.ModelProto:
     """The fp32 model without its value_info.
 
     The dynamo exporter records intermediate shapes that ORT's quantiser re-infers and then
-    rejects ("Inferred shape and existing shape differ"); dropping them lets it infer afresh.
+    rejects ("Inferred shape and existing shape differ"); dropping them lets it infer afresh
+    (the directly built graph has none).
     quant_pre_process fixes the same thing but costs seconds per model.
     """
     model = onnx.load(str(src))

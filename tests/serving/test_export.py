@@ -244,8 +244,8 @@ def test_broken_parity_fails_and_keeps_the_good_models(regression, tmp_path, mon
     perturbed.eval()
     real_export = onnx_export.export_onnx
 
-    def export_then_drift(m, c, dest, opset):
-        real_export(m, c, dest, opset)
+    def export_then_drift(m, c, dest, opset, exporter):
+        real_export(m, c, dest, opset, exporter)
         with torch.no_grad():  # the torch model changes after export: ONNX no longer matches it
             next(p for p in m.parameters() if p.ndim == 1).add_(0.01)
 
@@ -332,20 +332,26 @@ def test_dvc_repro_exports_serves_and_a_failed_export_keeps_the_models(tmp_path)
     assert {p: (repo / p).read_bytes() for p in good} == good  # persist + atomic: still servable
 
 
-def test_exported_bytes_do_not_depend_on_the_checkouts_path(regression, tmp_path):
-    """The exporter's debug metadata carried the checkout's and the venv's absolute paths
-    (~30 times): the same model.pt exported in two folders gave two files, and two dvc.locks."""
-    src, _, model, cfg, _ = regression
+@pytest.mark.parametrize("exporter", ["direct", pytest.param("dynamo", marks=pytest.mark.slow)])
+def test_exported_bytes_do_not_depend_on_the_checkouts_path(regression, tmp_path, exporter):
+    """The dynamo exporter's debug metadata carried the checkout's and the venv's absolute paths
+    (~30 times): the same model.pt exported in two folders gave two files, and two dvc.locks.
+    The same model exported twice, here and from a copy of the code elsewhere: the same bytes."""
+    _, _, model, cfg, _ = regression
     save_model(tmp_path / "model.pt", model, cfg)
     copy = tmp_path / "elsewhere"
     shutil.copytree(ROOT / "stages", copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     code = ("import sys\nfrom pathlib import Path\nfrom stages.serving.onnx import export_onnx\n"
             "from stages.training.models import load_model\n"
-            "model, cfg = load_model(sys.argv[1])\nexport_onnx(model, cfg, Path(sys.argv[2]), 20)\n")
+            "model, cfg = load_model(sys.argv[1])\nexport_onnx(model, cfg, Path(sys.argv[2]), 20, sys.argv[3])\n"
+            "print(sorted(m for m in ('torch.onnx', 'onnxscript', 'onnx_ir') if m in sys.modules))\n")
     env = {**subprocess_env(), "PYTHONPATH": str(copy)}
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.pt"), str(tmp_path / "there.onnx")],
-                   cwd=copy, env=env, check=True, capture_output=True)
-    onnx_export.export_onnx(*load_model(tmp_path / "model.pt"), tmp_path / "here.onnx", 20)
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.pt"), str(tmp_path / "there.onnx"),
+                           exporter], cwd=copy, env=env, check=True, capture_output=True, text=True)
+    if exporter == "direct":  # torch.onnx and onnxscript cost about a second to import; direct needs neither
+        assert proc.stdout.strip() == "[]"
+    for name in ("here.onnx", "again.onnx"):
+        onnx_export.export_onnx(*load_model(tmp_path / "model.pt"), tmp_path / name, 20, exporter)
     here, there = (tmp_path / "here.onnx").read_bytes(), (tmp_path / "there.onnx").read_bytes()
     assert str(copy).encode() not in there and str(ROOT).encode() not in here
-    assert here == there
+    assert here == there == (tmp_path / "again.onnx").read_bytes()

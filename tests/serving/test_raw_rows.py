@@ -3,12 +3,13 @@ categories with "" and unseen values, booleans, dates, odd column names), its en
 against stages.data.encoding, parity on raw rows, int8 leaving the front alone, and `fitline
 predict` on the rows as they are in the user's file.
 
-The torch model is made by hand (today's numeric FitlineModel on encode_frame's matrix behind a
-median imputation), so these tests do not depend on the training side's raw-row model.
+The torch model is the training side's raw-row model (build_model of the schema: imputation,
+indicators, date parts, one-hots), seeded, with its medians and scaling fitted on the train rows.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
@@ -63,32 +64,17 @@ def raw_frame(n: int, seed: int) -> pd.DataFrame:
     return df
 
 
-class MedianImputed(nn.Module):
-    """Stands in for the training side's raw-row model: NaN -> the train median, then a model
-    of the encoded matrix (category indices taken as numbers)."""
-
-    def __init__(self, model: nn.Module, fill: np.ndarray) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("fill", torch.from_numpy(fill.astype(np.float32)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.where(torch.isnan(x), self.fill, x))
-
-
 def hand_model(task: str) -> tuple[nn.Module, ModelConfig, pd.DataFrame, pd.DataFrame]:
     """(model, the raw-row config, train frame, test frame)."""
     classes = CLASSES if task == "classification" else None
-    numeric = ModelConfig.from_dict({
+    cfg = ModelConfig.from_dict({
         "task": task, "feature_names": NAMES, "target": "price", "classes": classes, "n_features": len(NAMES),
         "n_outputs": 3 if classes else 1, "model": "mlp", "hidden": [16], "activation": "relu", "dropout": 0.0,
-        "scaling": "standard"})
+        "scaling": "standard", "columns": [dataclasses.asdict(c) for c in SCHEMA]})
     train, test = raw_frame(400, 0), raw_frame(120, 1)
-    x = encode_frame(train, SCHEMA)
-    fill = np.nanmedian(x, axis=0)
-    net = build_model(numeric, generator=torch.Generator().manual_seed(0))
-    fit_scaling(net, np.where(np.isnan(x), fill, x), None, "standard")
-    return MedianImputed(net, fill).eval(), dataclasses.replace(numeric, columns=SCHEMA), train, test
+    model = build_model(cfg, generator=torch.Generator().manual_seed(0))
+    fit_scaling(model, encode_frame(train, SCHEMA), None, "standard")
+    return model.eval(), cfg, train, test
 
 
 def torch_out(model: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -220,7 +206,8 @@ def test_int8_quantizes_the_networks_matmul_gemm_and_leaves_the_front_alone(requ
     out = request.getfixturevalue(case)[0]
     fp32, int8 = (onnx.load(str(out / n)).graph for n in ("model.onnx", "model.int8.onnx"))
     kept = {n.SerializeToString() for n in int8.node}
-    front = [n for n in fp32.node if n.op_type in ("LabelEncoder", "Concat")]
+    front = [n for n in fp32.node if not n.name.startswith(f"{internal_prefix(NAMES)}net/")]
+    assert sorted({n.op_type for n in front}) == ["Concat", "LabelEncoder"]
     assert len(front) == 1 + sum(c.kind in ("categorical", "boolean") for c in SCHEMA)
     assert all(n.SerializeToString() in kept for n in front)  # byte for byte
     untouched = [n for n in fp32.node if n.op_type not in ("MatMul", "Gemm")]
@@ -239,7 +226,9 @@ def test_int8_quantizes_the_networks_matmul_gemm_and_leaves_the_front_alone(requ
 def test_a_model_that_does_not_impute_is_named_not_hidden(tmp_path):
     """NaN from torch itself on raw rows is the model's fault: one line, before any comparison."""
     model, cfg, _, test = hand_model("regression")
-    plain = model.model  # the network without its imputation
+    plain = copy.deepcopy(model)
+    with torch.no_grad():
+        plain.encoder.num_fill.fill_(float("nan"))  # a missing number stays missing
     split = Split(encode_frame(test, SCHEMA), np.zeros(len(test), np.float32))
     with pytest.raises(ExportError, match=r"the torch model outputs NaN on \d+ of 123 raw rows \(first: test row \d+\): "
                                           r"it does not handle missing values"):
