@@ -310,6 +310,41 @@ def sweep(
 
 
 @app.command()
+def tune(
+    trials: int = typer.Option(None, "--trials",
+                               help="the study's budget of finished trials (default: params tune.trials)."),
+    timeout: float = typer.Option(None, "--timeout", metavar="S", help="no new trial starts after S seconds."),
+    apply: bool = typer.Option(False, "--apply", help="write the best trial's values into params.yaml."),
+    workers: int = typer.Option(None, "--workers", help="trials at once (default: params sweep.workers)."),
+    runner: str = typer.Option(None, "--runner", help=_RUNNER_HELP),
+    root: str = typer.Option(".", "--root", help="project workspace (params.yaml, validated data/)."),
+    top: int = typer.Option(10, "--top", min=1, help="leaderboard rows to print."),
+) -> None:
+    """Optuna study (TPE, pruning) over params `tune.space`, continued up to --trials; reports/tune.csv.
+
+    Exit 1: no trial completed; 2: bad params, options or data (nothing ran)."""
+    from flows.sweep import leaderboard_text
+    from flows.tune import run_tune
+    from stages.core.errors import DataError, FitlineError, ParamsError
+
+    try:
+        result = run_tune(root, trials=trials, timeout=timeout, workers=workers, runner=runner, apply=apply,
+                          announce=_announce)
+    except FitlineError as exc:
+        typer.echo(f"fitline tune: error: {exc}", err=True)
+        raise typer.Exit(2 if isinstance(exc, (ParamsError, DataError)) else 1) from None
+    typer.echo(leaderboard_text(result, top))
+    typer.echo(f"study {result.study}: {result.new} new trials ({result.trained} trained, the rest from cache), "
+               f"{len(result.rows)} in all")
+    if apply:
+        if result.changed:
+            changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in result.changed.items())
+            typer.echo(f"params.yaml: {changes}; run `dvc repro` to train the official model")
+        else:
+            typer.echo("params.yaml already holds the best values")
+
+
+@app.command()
 def compare(
     workers: int = typer.Option(None, "--workers", min=1, help="trials at once (default: params sweep.workers)."),
     runner: str = typer.Option(None, "--runner", help=_RUNNER_HELP),

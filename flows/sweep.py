@@ -81,10 +81,16 @@ class SweepResult:
     rows: list[dict[str, Any]]  # the leaderboard as written to reports/sweep.csv
     keys: list[str]  # the grid's train keys
     changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # --apply: key -> (old, new)
+    path: Path = SWEEP_LEADERBOARD_PATH  # where the leaderboard was written, relative to the workspace
 
     @property
     def best(self) -> dict[str, Any] | None:
         return self.trials[0] if self.trials and self.trials[0]["status"] == "ok" else None
+
+    def columns(self) -> list[str]:
+        """The leaderboard's columns shown on the terminal."""
+        loss = self.trials[0]["loss"]
+        return ["rank", *self.keys, f"val_{loss}", f"test_{loss}", "verdict", "epochs", "seconds", "cached"]
 
 
 # ---------------------------------------------------------------------------------- trials
@@ -111,28 +117,36 @@ def plan_trials(base: TrainParams, grid: dict[str, Any]) -> list[tuple[dict[str,
     return [(o, trial_params(base, o)) for o in grid_trials(grid)]
 
 
-def _trial_cache_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
+def trial_cache_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
+    """The cache key of a trial task (sweep, compare and tune share it, and so their results)."""
     return trial_key(inputs["train"], inputs["evaluate"], inputs["data"].key, inputs["code_key"])
 
 
-@task(name="sweep-trial", task_run_name="{label}", cache_key_fn=_trial_cache_key, persist_result=True,
-      result_serializer="json")
-def trial_task(label: str, train: TrainParams, evaluate: EvaluateParams, data: TrialData, code_key: str,
-               torch_threads: int | None = None) -> dict[str, Any]:
-    """Train and evaluate one configuration; a small dict (params, metrics, verdict, history)."""
+def execute_trial(label: str, train: TrainParams, evaluate: EvaluateParams, data: TrialData,
+                  torch_threads: int | None = None, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+                  ) -> dict[str, Any]:
+    """A trial task's body: run_trial with the task's torch threads, and one log line of its result."""
     if torch_threads:
         import torch
 
         if torch.get_num_threads() != torch_threads:  # a worker process of its own
             torch.set_num_threads(torch_threads)
-    result = run_trial(train, evaluate, data.splits, data.meta)
+    result = run_trial(train, evaluate, data.splits, data.meta, on_epoch_end)
     logger = get_run_logger()
     if result["status"] == "ok":
         logger.info("%s: val %s %.4g, verdict %s, %d epochs in %.1f s", label, result["loss"],
                     result["val"][result["loss"]], result["verdict"], result["epochs"], result["seconds"])
-    else:
+    elif result["status"] == "failed":
         logger.warning("%s: failed: %s", label, result["error"])
     return result
+
+
+@task(name="sweep-trial", task_run_name="{label}", cache_key_fn=trial_cache_key, persist_result=True,
+      result_serializer="json")
+def trial_task(label: str, train: TrainParams, evaluate: EvaluateParams, data: TrialData, code_key: str,
+               torch_threads: int | None = None) -> dict[str, Any]:
+    """Train and evaluate one configuration; a small dict (params, metrics, verdict, history)."""
+    return execute_trial(label, train, evaluate, data, torch_threads)
 
 
 def run_trials(root: str | Path, plan: list[tuple[dict[str, Any], TrainParams]], evaluate: EvaluateParams,
@@ -292,11 +306,9 @@ def leaderboard_text(result: SweepResult, top: int = 10) -> str:
     """The leaderboard's first rows and the best config, for the terminal."""
     if not result.rows:
         return "no trials\n"
-    loss = result.trials[0]["loss"]
-    cols = ["rank", *result.keys, f"val_{loss}", f"test_{loss}", "verdict", "epochs", "seconds", "cached"]
-    text = markdown_table(result.rows[:top], cols)
+    text = markdown_table(result.rows[:top], result.columns())
     if len(result.rows) > top:
-        text += f"... {len(result.rows) - top} more in {SWEEP_LEADERBOARD_PATH}\n"
+        text += f"... {len(result.rows) - top} more in {result.path}\n"
     best = result.best
     text += f"\nbest: {format_overrides(best['params'])}\n" if best else "\nevery trial failed\n"
     return text

@@ -65,7 +65,7 @@ EXPORT_METRICS_PATH = METRICS_DIR / "export.json"
 # metrics files by the short name gate rules use (`eval.test.r2` -> metrics/eval.json)
 METRICS_FILES = {"eval": EVAL_METRICS_PATH, "export": EXPORT_METRICS_PATH, "train": TRAIN_METRICS_PATH}
 
-# tools (not stages): sweep, compare
+# tools (not stages): sweep, tune, compare
 SWEEP_LEADERBOARD_PATH = REPORTS_DIR / "sweep.csv"
 COMPARE_REPORT_PATH = REPORTS_DIR / "compare.md"
 COMPARE_CURVES_PATH = REPORTS_DIR / "compare.csv"
@@ -74,6 +74,7 @@ COMPARE_CHART_PATH = REPORTS_DIR / "compare.png"
 # monitoring (`fitline monitor`, the fitline-monitor deployment)
 MONITOR_REPORT_PATH = REPORTS_DIR / "monitor.json"
 INCOMING_DIR = DATA_DIR / "incoming"  # batches the scheduled monitor checks
+TUNE_LEADERBOARD_PATH = REPORTS_DIR / "tune.csv"
 
 # the flows' own state, inside DVC's scratch folder (git- and DVC-ignored)
 DVC_TMP_DIR = Path(".dvc") / "tmp"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -440,7 +440,9 @@ def train_key_type(key: str) -> type | None:
     for part in parents:
         model = model.model_fields[part].annotation
     annotation = model.model_fields[leaf].annotation
-    kinds = set(get_args(annotation) or (annotation,)) - {type(None)}
+    # an Annotated range is its base type; an `auto` choice does not make a key non-numeric
+    kinds = {get_args(k)[0] if get_origin(k) is Annotated else k for k in get_args(annotation) or (annotation,)}
+    kinds = {k for k in kinds if k is not type(None) and get_origin(k) is not Literal}
     return next((kind for kind in (float, int) if kinds == {kind}), None)
 
 

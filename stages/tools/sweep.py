@@ -18,7 +18,7 @@ import io
 import itertools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ def trial_params(base: TrainParams, overrides: Mapping[str, Any]) -> TrainParams
         return TrainParams.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = f"sweep trial {format_overrides(overrides)}"
+        where = f"trial {format_overrides(overrides)}"
         if err["type"] == "value_error":
             raise ParamsError(f"{where}: {err['ctx']['error']}") from None
         key = ".".join(str(p) for p in err["loc"])
@@ -141,13 +141,23 @@ def _scalars(metrics: dict[str, Any], task: str) -> dict[str, Any]:
     return {k: metrics.get(k) for k in METRIC_KEYS[task]}
 
 
+def trial_history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's epoch records as a trial keeps them: losses and the seconds elapsed after each epoch."""
+    elapsed, history = 0.0, []
+    for rec in records:
+        elapsed += rec["epoch_seconds"]
+        history.append({"epoch": rec["epoch"], "train_loss": rec["train_loss"], "val_loss": rec["val_loss"],
+                        "seconds": round(elapsed, 4)})
+    return history
+
+
 def run_trial(train: TrainParams, evaluate: EvaluateParams, splits: dict[str, Split],
-              meta: Meta) -> dict[str, Any]:
+              meta: Meta, on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train and evaluate one configuration; a small JSON-able summary (no model).
 
     An expected failure (a diverging run, a device that is not here) is a result with
     status "failed" and its message, not an exception: one bad learning rate must not end a
-    sweep.
+    sweep. `on_epoch_end` gets each epoch's record (an exception it raises ends the trial).
     """
     from stages.evaluation.scoring import evaluate_model
     from stages.training.loop import train_model
@@ -155,17 +165,12 @@ def run_trial(train: TrainParams, evaluate: EvaluateParams, splits: dict[str, Sp
     task = meta.task
     summary: dict[str, Any] = {"status": "ok", "error": None, "task": task, "loss": JUDGED_LOSS[task]}
     try:
-        result = train_model(train, splits, meta)
+        result = train_model(train, splits, meta, on_epoch_end=on_epoch_end)
         report = evaluate_model(evaluate, result.model, splits, meta, result.history,
                                 restored_best=result.metrics["restored_best"])
     except FitlineError as exc:
         log.warning("trial failed: %s", exc)
         return {**summary, "status": "failed", "error": str(exc)}
-    elapsed, history = 0.0, []
-    for rec in result.history:
-        elapsed += rec["epoch_seconds"]
-        history.append({"epoch": rec["epoch"], "train_loss": rec["train_loss"], "val_loss": rec["val_loss"],
-                        "seconds": round(elapsed, 4)})
     return {
         **summary,
         **{split: _scalars(report[split], task) for split in SPLITS if split in report},
@@ -173,7 +178,7 @@ def run_trial(train: TrainParams, evaluate: EvaluateParams, splits: dict[str, Sp
         "epochs": result.metrics["epochs_run"],
         "best_epoch": result.metrics["best_epoch"],
         "seconds": result.metrics["wall_seconds"],
-        "history": history,
+        "history": trial_history(result.history),
     }
 
 
@@ -187,9 +192,14 @@ def rank_value(trial: dict[str, Any]) -> float:
     return trial["val"][trial["loss"]]
 
 
+# trials without a val loss: those stopped early by a tuner's pruner before those that failed
+STATUS_ORDER = {"ok": 0, "pruned": 1, "failed": 2}
+
+
 def rank_trials(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Best first: lowest val loss, then the faster one; failed trials last, in grid order."""
-    order = sorted(range(len(trials)), key=lambda i: (rank_value(trials[i]), trials[i].get("seconds") or 0.0, i))
+    """Best first: lowest val loss, then the faster one; pruned, then failed trials last, in grid order."""
+    order = sorted(range(len(trials)), key=lambda i: (rank_value(trials[i]), STATUS_ORDER.get(trials[i]["status"], 2),
+                                                      trials[i].get("seconds") or 0.0, i))
     return [trials[i] for i in order]
 
 
@@ -233,8 +243,8 @@ def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = N
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(rows: list[dict[str, Any]], root: str | Path = ".") -> Path:
-    path = Path(root) / SWEEP_LEADERBOARD_PATH
+def write_leaderboard(rows: list[dict[str, Any]], root: str | Path = ".", path: Path = SWEEP_LEADERBOARD_PATH) -> Path:
+    path = Path(root) / path
     write_text(path, leaderboard_csv(rows))
     return path
 

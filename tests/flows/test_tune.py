@@ -1,0 +1,147 @@
+"""`fitline tune` end to end on tiny generated data against the session's Prefect test server:
+the leaderboard, a rerun that trains nothing, a continued study, pruned trials kept out of the
+trial cache, --apply, and bad input refused in one line before anything runs."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.sweep import cache_storage, load_trial_data, run_sweep
+from flows.tune import run_tune, tune_trial_task
+from stages.core.params import parse_params
+from stages.tools.sweep import code_fingerprint, trial_key, trial_params
+from tests.flows.test_sweep import PARAMS_TEXT, _changed_lines, make_workspace
+
+# the sweep tests' tiny params, with a tune section: a log range and a choice of layer sizes
+TUNE_PARAMS = PARAMS_TEXT.replace("  epochs: 4\n", "  epochs: 6\n") + """
+# the study under test
+tune:
+  trials: 3
+  startup_trials: 2      # random trials before TPE
+  warmup_epochs: 2
+  space:
+    lr: {low: 0.001, high: 0.1, log: true}
+    hidden: {choices: [[4], [8, 8]]}   # layer sizes
+"""
+
+
+def _rows(ws: Path) -> list[dict]:
+    return list(csv.DictReader((ws / "reports" / "tune.csv").read_text().splitlines()))
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, prefect_server):
+    """A workspace whose study ran 3 trials once, and that run."""
+    ws = make_workspace(tmp_path_factory.mktemp("tune") / "ws", TUNE_PARAMS)
+    return ws, run_tune(ws, workers=2)
+
+
+def test_tune_writes_the_leaderboard_and_a_rerun_trains_nothing(tuned):
+    ws, first = tuned
+    assert (first.new, first.trained) == (3, 3)
+    rows = _rows(ws)
+    assert [r["rank"] for r in rows] == ["1", "2", "3"] and sorted(r["trial"] for r in rows) == ["0", "1", "2"]
+    assert list(rows[0])[:5] == ["rank", "trial", "lr", "hidden", "val_mse"]
+    assert {r["hidden"] for r in rows} <= {"[4]", "[8, 8]"} and all(0.001 <= float(r["lr"]) <= 0.1 for r in rows)
+    ok = [float(r["val_mse"]) for r in rows if r["status"] == "ok"]
+    assert ok == sorted(ok) and ok
+    assert (ws / ".dvc" / "tmp" / "fitline-tune.db").exists()
+
+    again = run_tune(ws, workers=2)  # the same budget: the study is finished
+    assert (again.new, again.trained) == (0, 0)
+    assert again.study == first.study and _rows(ws) == rows
+
+
+def test_a_larger_budget_continues_the_study_by_exactly_the_difference(tuned, tmp_path):
+    ws = Path(shutil.copytree(tuned[0], tmp_path / "ws"))
+    more = run_tune(ws, trials=4, workers=2)
+    assert more.new == 1 and more.study == tuned[1].study
+    assert sorted(r["trial"] for r in _rows(ws)) == ["0", "1", "2", "3"]
+    # a fresh study would repeat the seed's first draws (cache hits): the continued one does not
+    assert more.trained == 1
+
+
+def test_apply_writes_the_best_trial_and_keeps_comments(tuned, tmp_path):
+    ws = Path(shutil.copytree(tuned[0], tmp_path / "ws"))
+    result = run_tune(ws, apply=True)
+    assert result.new == 0
+    best = result.best["params"]
+    train = yaml.safe_load((ws / "params.yaml").read_text())["train"]
+    assert (train["lr"], train["hidden"]) == (best["lr"], best["hidden"])
+    text = (ws / "params.yaml").read_text()
+    assert "# the study under test" in text and "# one small layer" in text
+    assert all(ln[2:].strip().startswith(("lr:", "hidden:")) for ln in _changed_lines(TUNE_PARAMS, text))
+
+
+def test_a_changed_space_starts_a_new_study(tuned, tmp_path):
+    ws = Path(shutil.copytree(tuned[0], tmp_path / "ws"))
+    (ws / "params.yaml").write_text(TUNE_PARAMS.replace("high: 0.1,", "high: 0.05,"))
+    result = run_tune(ws, trials=1)
+    assert result.study != tuned[1].study and result.new == 1 and len(result.rows) == 1
+
+
+def test_a_pruned_trial_is_recorded_but_never_cached(tuned, tmp_path):
+    """A trial the pruner stops is not a result of its params: the sweep must train them in full."""
+    import optuna
+    from prefect import flow
+
+    ws = Path(shutil.copytree(tuned[0], tmp_path / "ws"))
+    params = parse_params(yaml.safe_load(TUNE_PARAMS))
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2))
+    done = study.ask()
+    for epoch in range(1, 7):
+        done.report(1e-6, epoch)  # a trial far better than any real one at every epoch
+    study.tell(done, 1e-6)
+    trial = study.ask()
+    train = trial_params(params.train, {"lr": 0.0013})
+    data = load_trial_data(ws)
+
+    @flow
+    def one_trial():
+        task = tune_trial_task.with_options(result_storage=cache_storage(ws))
+        return task(label="pruned", train=train, evaluate=params.evaluate, data=data, code_key=code_fingerprint(),
+                    trial=trial)
+
+    result = one_trial()
+    assert result["status"] == "pruned" and result["epochs"] == 2  # reported epochs 1 and 2; pruned after warmup
+    assert "pruned at epoch 2" in result["error"]
+    key = trial_key(train, params.evaluate, data.key, code_fingerprint())
+    assert not (cache_storage(ws) / key).exists()
+    swept = run_sweep(ws, grid={"lr": [0.0013]})
+    assert not swept.trials[0]["cached"] and swept.trials[0]["epochs"] == 6
+    assert (cache_storage(ws) / key).exists()  # the full run is cached as usual
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(("change", "args", "fragment"), [
+    (None, ["--trials", "0"], "--trials: 0; must be 1 or more"),
+    (("lr: {low: 0.001", "learning_rate: {low: 0.001"), [], "tune.space: unknown train key 'learning_rate'"),
+    (("choices: [[4], [8, 8]]", "choices: []"), [], "tune.space.hidden.choices: empty"),
+    (("low: 0.001, high: 0.1, log: true", "low: 0.0, high: 0.1, log: true"), [], "log scale needs low > 0"),
+    (("choices: [[4], [8, 8]]", "choices: [[4], [0]]"), [], "train.hidden"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, change, args, fragment):
+    text = TUNE_PARAMS if change is None else TUNE_PARAMS.replace(*change)
+    ws = make_workspace(tmp_path / "ws", TUNE_PARAMS)
+    (ws / "params.yaml").write_text(text)
+    result = CliRunner().invoke(app, ["tune", "--root", str(ws), *args])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fitline tune: error: ") and fragment in lines[0], lines
+    assert not (ws / ".dvc" / "tmp" / "fitline-tune.db").exists()
+
+
+def test_unvalidated_data_is_refused_with_exit_2(tmp_path):
+    ws = make_workspace(tmp_path / "ws", TUNE_PARAMS, validated=False)
+    result = CliRunner().invoke(app, ["tune", "--root", str(ws)])
+    assert result.exit_code == 2 and "dvc repro validate" in result.output
+    assert len(result.output.strip().splitlines()) == 1
