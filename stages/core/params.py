@@ -43,6 +43,8 @@ Precision = Literal["fp32", "bf16"]
 Backend = Literal["auto", "gloo", "nccl"]
 Quantization = Literal["none", "dynamic", "static"]
 Exporter = Literal["direct", "dynamo"]  # how the network becomes ONNX (stages/serving/onnx.py)
+Auto = Literal["auto"]  # a train value chosen from the data (stages/training/sizing.py)
+AUTO: Auto = "auto"
 PruneCriterion = Literal["l1", "l2"]  # the norm a hidden unit's incoming weights are ranked by
 Better = Literal["higher", "lower"]  # which way a gated metric improves
 Runner = Literal["threads", "processes", "dask"]
@@ -213,13 +215,15 @@ class TrainParams(Section):
     loss: LossChoice = "auto"
     huber_delta: float = Field(1.0, gt=0)
     optimizer: OptimizerName = "adam"
-    lr: float = Field(0.003, gt=0, le=100)  # issue: 0.001; see the train section of params.yaml
+    # auto: chosen from the train rows (stages/training/sizing.py): 256, 0.003 and 0.001 on large
+    # tables, a smaller batch, lr and a stronger penalty on small ones
+    lr: Annotated[float, Field(gt=0, le=100)] | Auto = AUTO
     momentum: float = Field(0.9, ge=0, lt=1)
     betas: tuple[float, float] = (0.9, 0.999)
-    batch_size: int = Field(256, ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Auto = AUTO
     epochs: int = Field(200, ge=1, le=1_000_000)
     regularizer: Regularizer = "l2"
-    reg_strength: float = Field(0.001, ge=0)  # issue: 0.0001
+    reg_strength: Annotated[float, Field(ge=0)] | Auto = AUTO
     l1_ratio: float = Field(0.5, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Schedule = "constant"
@@ -564,6 +568,21 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{key}: {err['input']!r} is not allowed: {err['msg']}"
 
 
+def _merge_auto(errors: list[Any]) -> list[Any]:
+    """A value that is neither a valid number nor `auto` fails both halves of the union: one error."""
+    tag = f"literal[{AUTO!r}]"
+    auto_keys = {tuple(e["loc"][:-1]) for e in errors if e["loc"] and e["loc"][-1] == tag}
+    merged = []
+    for e in errors:
+        parent = tuple(e["loc"][:-1])
+        if parent in auto_keys:
+            if e["loc"][-1] == tag:
+                continue
+            e = {**e, "loc": parent, "msg": f"{e['msg']}, or {AUTO!r}"}
+        merged.append(e)
+    return merged
+
+
 def parse_params(raw: Any, source: str = str(PARAMS_PATH)) -> Params:
     """Validate a params mapping (as read from YAML) into typed `Params`."""
     if raw is None:
@@ -573,7 +592,7 @@ def parse_params(raw: Any, source: str = str(PARAMS_PATH)) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        messages = [_describe(e) for e in exc.errors()]
+        messages = [_describe(e) for e in _merge_auto(exc.errors())]
         more = f" (and {len(messages) - 1} more: {'; '.join(messages[1:])})" if len(messages) > 1 else ""
         raise ParamsError(f"{source}: {messages[0]}{more}") from None
 

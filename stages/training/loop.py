@@ -44,6 +44,7 @@ from stages.training.models import (
 )
 from stages.training.optim import lr_at, make_loss, make_optimizer, make_penalty_grad, resolve_loss
 from stages.training.preprocessing import check_encoded
+from stages.training.sizing import auto_values, sized_for
 from stages.training.targets import resolve_target_transform
 
 log = logging.getLogger(__name__)
@@ -180,10 +181,13 @@ class TrainingSetup:
     penalty_grad: Callable | None
     batch: int  # rows per (global) optimizer step
     sharded: distributed.ShardedTraining  # this rank's part (alone: every row)
+    auto_params: dict[str, float] = field(default_factory=dict)  # what train.* `auto` stood for in this run
 
 
 def setup_training(p: TrainParams, splits: dict[str, Split], meta: Meta) -> TrainingSetup:
     """Check the inputs and build the model, the data on the device and the objective."""
+    auto_params = auto_values(p, len(splits["train"].y))
+    p = sized_for(p, len(splits["train"].y))
     device = resolve_device(p.device)
     cfg = model_config(p, meta, splits["train"].y if "train" in splits else None)
     check_splits(splits, cfg)
@@ -203,6 +207,7 @@ def setup_training(p: TrainParams, splits: dict[str, Split], meta: Meta) -> Trai
         train_loss_fn=train_loss_fn, eval_loss_fn=eval_loss_fn, optimizer=optimizer,
         penalty_grad=make_penalty_grad(p), batch=batch,
         sharded=distributed.ShardedTraining(model, n, batch, device),  # single process: the plain loop
+        auto_params=auto_params,
     )
 
 
@@ -396,6 +401,8 @@ def _finish(s: TrainingSetup, state: RunState, start: int, stopped: bool) -> Tra
         "resumed_from_epoch": start,
         "world_size": s.sharded.world.size,
     }
+    if s.auto_params:
+        metrics["auto_params"] = s.auto_params
     kept = (f"the epoch-{stopper.best_epoch} weights (best val {stopper.best_loss:.4g}) are kept" if restored
             else f"best val {stopper.best_loss:.4g} at epoch {stopper.best_epoch}")
     log.info("trained %d epochs in %.1f s: last epoch train %s %.4g, val %.4g; %s", state.epoch, state.elapsed,

@@ -30,6 +30,7 @@ from stages.training import distributed, loop
 from stages.training.early_stopping import EarlyStopping
 from stages.training.models import build_model, set_dropout_generator
 from stages.training.optim import make_optimizer, make_penalty_grad
+from stages.training.sizing import sized_for
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def fine_tune(model: nn.Module, cfg: ModelConfig, p: TrainParams, splits: dict[s
     (train.early_stopping; the best epoch's weights come back). The model comes back on CPU in
     eval mode, with a small summary of the run."""
     # the schedule runs over the fine-tuning epochs, without warmup (a new, short run)
-    p = p.model_copy(update={"epochs": epochs, "warmup_epochs": 0})
+    p = sized_for(p, len(splits["train"].y)).model_copy(update={"epochs": epochs, "warmup_epochs": 0})
     device = loop.resolve_device(p.device)
     loop.check_splits(splits, cfg)
     precision, autocast = loop.precision_mode(p, device)

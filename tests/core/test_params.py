@@ -204,7 +204,7 @@ def test_non_finite_numbers_are_refused_naming_the_key(raw, key):
     """`data.noise: .inf` passed the params check (no upper bound) and overwrote the splits with
     inf targets; `train.reg_strength: .inf` was reported as a diverged run blaming train.lr."""
     with pytest.raises(ParamsError, match=rf"^params.yaml: {re.escape(key)}[.\d]*: (inf|-inf|nan) is not allowed: "
-                                          "Input should be a finite number$"):
+                                          "Input should be a finite number(, or 'auto')?$"):
         parse_params(raw)
 
 

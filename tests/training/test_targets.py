@@ -103,7 +103,7 @@ def test_training_on_a_skewed_target_reports_losses_in_its_units() -> None:
     y = np.exp(1.5 + x[:, 0] - 0.5 * x[:, 1] + 0.1 * RNG.standard_normal(1200)).astype(np.float32)
     meta = Meta(task="regression", feature_names=["a", "b", "c"], target="y")
     splits = {"train": Split(x[:900], y[:900]), "val": Split(x[900:], y[900:])}
-    p = TrainParams(hidden=(16,), epochs=30, batch_size=64, lr=0.01, early_stopping={"patience": None})
+    p = TrainParams(hidden=(16,), epochs=30, batch_size=64, lr=0.01, reg_strength=0.001, early_stopping={"patience": None})
     result = train_model(p, splits, meta)
     assert result.config.target_transform == "log1p" and result.config.to_dict()["target_transform"] == "log1p"
     with torch.no_grad():
