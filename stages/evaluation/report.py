@@ -70,6 +70,15 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def cv_line(cv: dict[str, Any], task: str) -> str:
+    """eval.json's `cv` in one line: the headline metric's mean ± std over the folds, and each fold's."""
+    name, label = ("r2", "R²") if task == "regression" else ("accuracy", "accuracy")
+    m = cv[name]
+    folds = ", ".join(_fmt(v) for v in m["folds"])
+    return (f"{cv['k']}-fold CV on train+val ({cv['n']} rows, a model retrained per fold): {label} "
+            f"{_fmt(m['mean'])} ± {_fmt(m['std'])} (folds {folds})")
+
+
 def fit_report(report: dict[str, Any], meta: Meta) -> str:
     """reports/fit.md: the verdict, why, what to do, and the test metrics against the yardsticks."""
     fit, task = report["fit"], report["task"]
@@ -94,5 +103,7 @@ def fit_report(report: dict[str, Any], meta: Meta) -> str:
     lines += ["", "## All splits", "", "| split | rows | " + " | ".join(keys) + " |",
               "|---" * (len(keys) + 2) + "|"]
     lines += [f"| {s} | {report[s]['n']} | " + " | ".join(_fmt(report[s][k]) for k in keys) + " |" for s in splits]
+    if "cv" in report:
+        lines += ["", "## Cross-validation", "", cv_line(report["cv"], task)]
     lines += ["", "Figures: learning_curves.png, predictions.png (this folder).", ""]
     return "\n".join(lines)
