@@ -4,13 +4,13 @@ Ask/tell in batches of `workers` trials: the flow asks the study for a batch, ru
 tasks on the sweep's task runner, waits, and tells the study each result. A trial task is the
 sweep's trial (flows/sweep.execute_trial) with the sweep's cache key, so a configuration that
 any sweep, comparison or study trained before is a cache hit; a trial reports each epoch's val
-loss to the study and stops when the pruner says so. A pruned result depends on the other
+loss to a pruning trial held in memory (stages/tools/tune.pruning_trial) and stops when the
+pruner says so. A pruned result depends on the other
 trials of its study, so it is never cached (a full run of the same params may come later).
 
-The median pruner judges a trial against the trials completed before its batch (it looks at
-completed trials only), so a fresh study with the same seed samples and prunes the same way
-whatever the thread timing; successive halving also compares with the batch's running trials
-that reached a rung, so with more than one worker its decisions can depend on timing.
+A trial is judged against the trials finished before its batch (never the batch's other
+running trials), so a fresh study with the same seed samples and prunes the same way whatever
+the thread timing.
 
 The study is kept in the SQLite file `tune.storage` under a name derived from the data, the
 code and the params (stages/tools/tune.study_name): a rerun continues it up to `trials`
@@ -61,10 +61,11 @@ from stages.tools.tune import (
     check_space,
     make_pruner,
     make_sampler,
+    pruning_trial,
     rank_study,
-    report_history,
     storage_url,
     study_name,
+    study_results,
     suggest,
     tune_rows,
 )
@@ -95,7 +96,8 @@ class TuneResult(SweepResult):
       result_serializer="json")
 def tune_trial_task(label: str, train: TrainParams, evaluate: EvaluateParams, data: TrialData, code_key: str,
                     trial: Any, torch_threads: int | None = None) -> dict[str, Any]:
-    """The sweep's trial, reporting each epoch's val loss to the study trial `trial` (pruning)."""
+    """The sweep's trial, reporting each epoch's val loss to `trial` (stages/tools/tune.pruning_trial;
+    None: no pruning)."""
     import optuna
     from prefect.transactions import get_transaction
 
@@ -110,13 +112,12 @@ def tune_trial_task(label: str, train: TrainParams, evaluate: EvaluateParams, da
 
 
 def tell(study: Any, trial: Any, result: dict[str, Any], cached: bool) -> None:
-    """Record a trial's result in the study: its summary as a user attribute, then its state."""
+    """Record a trial's result in the study: the result (with its curve) as a user attribute,
+    then its state and value."""
     from optuna.trial import TrialState
 
-    trial.set_user_attr("result", {**{k: v for k, v in result.items() if k != "history"}, "cached": cached})
+    trial.set_user_attr("result", {**result, "cached": cached})
     if result["status"] == "ok":
-        if cached:  # trained elsewhere: its epochs reach the pruner only this way
-            report_history(trial, result.get("history") or [])
         study.tell(trial, result["val"][result["loss"]])
     else:
         study.tell(trial, state=TrialState.PRUNED if result["status"] == "pruned" else TrialState.FAIL)
@@ -155,6 +156,7 @@ def run_batch(study: Any, size: int, workspace: Path, train: TrainParams, evalua
     from optuna.trial import TrialState
 
     trial_task = tune_trial_task.with_options(result_storage=cache_storage(workspace))
+    finished_before = study_results(study.get_trials(deepcopy=False), tune.space)
     runs = []
     for trial in [study.ask() for _ in range(size)]:
         overrides = suggest(trial, tune.space)
@@ -168,7 +170,8 @@ def run_batch(study: Any, size: int, workspace: Path, train: TrainParams, evalua
             study.tell(trial, state=TrialState.FAIL)
             continue
         runs.append((trial, trial_task.submit(label=label, train=params, evaluate=evaluate, data=data,
-                                              code_key=code_key, trial=trial, torch_threads=torch_threads)))
+                                              code_key=code_key, trial=pruning_trial(tune, finished_before),
+                                              torch_threads=torch_threads)))
     trained = 0
     for trial, future in runs:
         result = future.result()  # an unexpected error in a trial fails the flow here

@@ -1,8 +1,11 @@
 """Stage `evaluate`: metrics on every split, a constant baseline, the noise floor, and the fit
 diagnosis (good / overfit / underfit) with its reasons and remedies.
 
-`evaluate_model` is the in-process entry (a sweep calls it per trial): it returns the content
-of metrics/eval.json and writes nothing. `main()` adds the files for people and for DVC plots:
+The stage scores the model's outputs that train saved next to it (models/outputs.npz, bound to
+models/model.pt by its digest): it loads no torch and reads only the target column of each split.
+`evaluate_model` (stages/evaluation/scoring.py) is the in-process entry for a model in memory (a
+sweep calls it per trial): it returns the content of metrics/eval.json and writes nothing.
+`main()` adds the files for people and for DVC plots:
 reports/predictions.csv and reports/confusion.csv (a seeded sample of test rows),
 reports/learning_curves.png, reports/predictions.png and reports/fit.md.
 """
@@ -11,7 +14,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from stages.core.contracts import (
     CONFUSION_CSV,
@@ -19,7 +24,6 @@ from stages.core.contracts import (
     FIT_REPORT_PATH,
     HISTORY_PATH,
     LEARNING_CURVES_PNG,
-    MODEL_PATH,
     PREDICTIONS_CSV,
     PREDICTIONS_PNG,
     REPORTS_DIR,
@@ -28,27 +32,25 @@ from stages.core.contracts import (
     check_model_fits,
     load_meta,
     read_history,
+    read_model_outputs,
 )
 from stages.core.errors import run_main
 from stages.core.io import read_json, write_json, write_text
 from stages.core.params import LOSS_LABEL, EvaluateParams, load_params
-from stages.data.splits import Split, load_splits
+from stages.data.splits import read_targets
 from stages.evaluation.report import class_labels, fit_report, plot_tables, sample_rows
-from stages.evaluation.scoring import Evaluation, evaluate_splits
-
-if TYPE_CHECKING:  # torch is imported where a model is run: the stage's error paths stay light
-    pass
+from stages.evaluation.scoring import Evaluation, score_outputs
 
 log = logging.getLogger(__name__)
 
 
-def write_outputs(ev: Evaluation, splits: dict[str, Split], meta: Meta, history: list[dict[str, Any]],
+def write_outputs(ev: Evaluation, targets: dict[str, np.ndarray], meta: Meta, history: list[dict[str, Any]],
                   params: EvaluateParams, reports_dir: Path = REPORTS_DIR, eval_path: Path = EVAL_METRICS_PATH) -> None:
     from stages.evaluation import plots
 
     report, task = ev.report, meta.task
     split = "test" if "test" in ev.outputs else "val"
-    y, out = splits[split].y, ev.outputs[split]
+    y, out = targets[split], ev.outputs[split]
     values, categories = plot_tables(task, y, out, meta, params.plot_points)
     write_text(reports_dir / PREDICTIONS_CSV.name, values)
     write_text(reports_dir / CONFUSION_CSV.name, categories)
@@ -69,17 +71,18 @@ def write_outputs(ev: Evaluation, splits: dict[str, Split], meta: Meta, history:
 
 
 def main() -> None:
-    from stages.training.models import load_model
-
     params = load_params()
     meta = load_meta()
-    splits = load_splits(meta=meta)
-    model, cfg = load_model(MODEL_PATH)
+    # the outputs train saved with the model: no torch here, and no feature column read
+    outputs, cfg = read_model_outputs()
     check_model_fits(cfg, meta)
+    targets = read_targets(meta)
     history = read_history(HISTORY_PATH)
     train_metrics = read_json(TRAIN_METRICS_PATH) if TRAIN_METRICS_PATH.exists() else {}
-    ev = evaluate_splits(params.evaluate, model, splits, meta, history, restored_best=train_metrics.get("restored_best"))
-    write_outputs(ev, splits, meta, history, params.evaluate)
+    report = score_outputs(params.evaluate, outputs, targets, meta, history,
+                           restored_best=train_metrics.get("restored_best"))
+    ev = Evaluation(report=report, outputs=outputs)
+    write_outputs(ev, targets, meta, history, params.evaluate)
     fit = ev.report["fit"]
     log.info("verdict: %s", fit["verdict"])
     for reason in fit["reasons"]:

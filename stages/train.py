@@ -3,7 +3,8 @@
 The training itself is `train_model` (stages/training/loop.py); a killed run resumes from its
 checkpoint when rerun (stages/training/checkpoint.py). `main()` reads the params and splits,
 trains (alone, or as the ranks of a distributed run), and has rank 0 write the model, metrics,
-history and dvclive plots. It then deletes the checkpoint: a finished run has nothing to resume,
+history and dvclive plots, and the saved model's outputs on every split (models/outputs.npz,
+which evaluate scores). It then deletes the checkpoint: a finished run has nothing to resume,
 and `dvc repro -f` then really retrains.
 """
 
@@ -18,18 +19,21 @@ from stages.core.contracts import (
     HISTORY_PATH,
     LIVE_DIR,
     MODEL_PATH,
+    SPLITS,
     TRAIN_METRICS_PATH,
+    Meta,
     history_csv,
     load_meta,
+    write_model_outputs,
 )
 from stages.core.errors import run_main
 from stages.core.io import write_json, write_text
 from stages.core.params import load_params
-from stages.data.splits import load_splits
+from stages.data.splits import Split, load_splits, read_split
 from stages.training import distributed
 from stages.training.checkpoint import clear_checkpoint
 from stages.training.loop import train_model
-from stages.training.models import save_model
+from stages.training.models import load_model, predict, save_model
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,15 @@ def _progress(is_main: bool) -> str | None:
     if not is_main:
         return None
     return "bar" if sys.stderr.isatty() else "log"
+
+
+def write_saved_model_outputs(meta: Meta, splits: dict[str, Split]) -> None:
+    """models/outputs.npz: the outputs of the model as saved, on every split, for evaluate to
+    score without torch. The model is loaded back from its file on the CPU, as evaluate loaded it
+    before, so eval.json does not depend on where training ran; test is scored, never fitted."""
+    model, cfg = load_model(MODEL_PATH)
+    splits = {**splits, "test": read_split("test", meta)}
+    write_model_outputs({name: predict(model, splits[name].x) for name in SPLITS}, cfg)
 
 
 def main() -> None:
@@ -59,6 +72,7 @@ def main() -> None:
                                  progress=_progress(world.is_main))
     if world.is_main:
         save_model(MODEL_PATH, result.model, result.config)
+        write_saved_model_outputs(meta, splits)
         write_json(TRAIN_METRICS_PATH, result.metrics)
         write_text(HISTORY_PATH, history_csv(result.history))
         clear_checkpoint(CHECKPOINT_DIR)

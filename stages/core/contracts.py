@@ -9,12 +9,16 @@ dvc.yaml's outputs).
 from __future__ import annotations
 
 import csv
+import json
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from stages.core.errors import DataError
-from stages.core.io import read_json, write_json
+import numpy as np
+
+from stages.core.errors import DataError, first_line
+from stages.core.io import atomic_path, file_digest, read_json, write_json
 
 PARAMS_PATH = Path("params.yaml")
 
@@ -35,6 +39,9 @@ DATA_DOCS_DIR = Path("reports/data_docs")
 # train
 MODELS_DIR = Path("models")
 MODEL_PATH = MODELS_DIR / "model.pt"
+# the saved model's outputs on every split, bound to model.pt by its digest: train writes them,
+# evaluate scores them without loading torch (write_model_outputs / read_model_outputs)
+MODEL_OUTPUTS_PATH = MODELS_DIR / "outputs.npz"
 CHECKPOINT_DIR = Path("checkpoints")
 CHECKPOINT_NAME = "checkpoint.pt"
 LIVE_DIR = "dvclive"  # dvclive's own folder (plots/metrics/*.tsv), a plots output of train
@@ -241,6 +248,41 @@ def check_model_fits(cfg: ModelConfig, meta: Meta, model_path: str | Path = MODE
             f"but {META_PATH} has task {meta.task!r} and features {meta.feature_names} "
             "(re-run the train stage)"
         )
+
+
+# ------------------------------------------------------------------ the model's outputs
+
+def write_model_outputs(outputs: dict[str, np.ndarray], cfg: ModelConfig, model_path: str | Path = MODEL_PATH,
+                        dest: str | Path = MODEL_OUTPUTS_PATH) -> None:
+    """The outputs per split, model_path's sha256 and its config, as an .npz atomically; the zip
+    entries carry a fixed date, so the same model gives the same bytes (DVC sees no change)."""
+    arrays = {"model_sha256": np.array(file_digest(model_path)), "config": np.array(json.dumps(cfg.to_dict())),
+              **{f"split_{name}": np.ascontiguousarray(out) for name, out in outputs.items()}}
+    with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w") as zf:
+        for key, value in arrays.items():
+            with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, value, allow_pickle=False)
+
+
+def read_model_outputs(path: str | Path = MODEL_OUTPUTS_PATH,
+                       model_path: str | Path = MODEL_PATH) -> tuple[dict[str, np.ndarray], ModelConfig]:
+    """The outputs per split and the config of the model they came from; a missing or unreadable
+    file, or one written for another model.pt than the one there now, is a DataError."""
+    path, model_path = Path(path), Path(model_path)
+    for must in (path, model_path):
+        if not must.exists():
+            raise DataError(f"{must}: file not found (run `dvc repro train`)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {key: npz[key] for key in npz.files}
+        digest, raw_cfg = str(data.pop("model_sha256")), json.loads(str(data.pop("config")))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable outputs file ({first_line(exc)}; run `dvc repro train`)") from None
+    if digest != file_digest(model_path):
+        raise DataError(f"{path} holds the outputs of another {model_path} than the one there now "
+                        "(run `dvc repro train`)")
+    outputs = {key.removeprefix("split_"): value for key, value in data.items() if key.startswith("split_")}
+    return outputs, ModelConfig.from_dict(raw_cfg, model_path)
 
 
 def split_path(name: str, data_dir: str | Path = DATA_DIR) -> Path:

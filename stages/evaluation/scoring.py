@@ -16,14 +16,13 @@ import numpy as np
 from stages.core.contracts import SPLITS, Meta
 from stages.core.errors import DataError
 from stages.core.params import EvaluateParams
-from stages.data.splits import Split
 from stages.evaluation.diagnosis import fit_diagnosis
 from stages.evaluation.metrics import baseline_metrics, bootstrap_ci, compute_metrics
 
-if TYPE_CHECKING:  # torch is imported where a model is run: the stage's error paths stay light
+if TYPE_CHECKING:  # torch is imported where a model is run: the stage scores saved outputs
     from torch import nn
 
-
+    from stages.data.splits import Split
 
 
 @dataclass
@@ -38,18 +37,18 @@ SMALL_SPLIT = 100  # rows: below this a split's metrics move by whole points wit
 
 
 def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    """Model outputs for raw features, in chunks on the model's device, as float64 numpy."""
-    from stages.training.models import forward_chunks
+    """Model outputs for raw features as float64 numpy (stages.training.models.predict, imported
+    here when a model is run: scoring saved outputs needs no torch)."""
+    from stages.training.models import predict as model_predict
 
-    model.eval()
-    out = [y.float().cpu().numpy() for _, y in forward_chunks(model, x)]
-    return np.concatenate(out).astype(np.float64) if out else np.empty((0,))
+    return model_predict(model, x)
 
 
-def score_outputs(params: EvaluateParams, outputs: dict[str, np.ndarray], splits: dict[str, Split],
+def score_outputs(params: EvaluateParams, outputs: dict[str, np.ndarray], targets: dict[str, np.ndarray],
                   meta: Meta, history: list[dict[str, Any]], *,
                   restored_best: bool | None = None) -> dict[str, Any]:
-    """eval.json from model outputs per split: metrics, baseline, noise floor and the fit."""
+    """eval.json from model outputs and targets per split: metrics, baseline, noise floor and
+    the fit (the stage scores the outputs train saved; a sweep trial those of its model)."""
     task = meta.task
     n_classes = len(meta.classes) if task == "classification" else None
     for name in ("train", "val"):
@@ -61,15 +60,19 @@ def score_outputs(params: EvaluateParams, outputs: dict[str, np.ndarray], splits
         out = outputs[name]
         if not np.isfinite(out).all():
             raise DataError(f"evaluate: the model gives non-finite outputs on the {name} split")
-        report[name] = {**compute_metrics(task, splits[name].y, out, n_classes), "n": int(len(out))}
+        if len(out) != len(targets[name]):
+            raise DataError(f"evaluate: {len(out)} model outputs for the {len(targets[name])} rows of the {name} "
+                            "split (run `dvc repro train`)")
+        report[name] = {**compute_metrics(task, targets[name], out, n_classes), "n": int(len(out))}
         if len(out) < SMALL_SPLIT:
             log.warning("the %s split has %d rows: one row moves its metrics by %.1f points; give it more "
-                        "rows (data.split) or more data", name, len(out), 100 / max(len(out), 1))
+                        "rows (data.split), or judge on k-fold cross-validation (evaluate.cv_folds: 5)",
+                        name, len(out), 100 / max(len(out), 1))
     held_out = "test" if "test" in names else "val"
     # intervals next to the held-out metrics (seeded: the same run gives the same bytes)
-    report[held_out]["ci"] = bootstrap_ci(task, splits[held_out].y, outputs[held_out])
-    y_train = splits["train"].y
-    report["baseline"] = {name: baseline_metrics(task, y_train, splits[name].y, n_classes) for name in names}
+    report[held_out]["ci"] = bootstrap_ci(task, targets[held_out], outputs[held_out])
+    y_train = targets["train"]
+    report["baseline"] = {name: baseline_metrics(task, y_train, targets[name], n_classes) for name in names}
     truth = meta.ground_truth
     report["irreducible"] = truth.get("irreducible") if truth else None
     report["fit"] = fit_diagnosis(params, report, history, meta, restored_best=restored_best)
@@ -79,7 +82,8 @@ def score_outputs(params: EvaluateParams, outputs: dict[str, np.ndarray], splits
 def evaluate_splits(params: EvaluateParams, model: nn.Module, splits: dict[str, Split], meta: Meta,
         history: list[dict[str, Any]], *, restored_best: bool | None = None) -> Evaluation:
     outputs = {name: predict(model, split.x) for name, split in splits.items()}
-    report = score_outputs(params, outputs, splits, meta, history, restored_best=restored_best)
+    targets = {name: split.y for name, split in splits.items()}
+    report = score_outputs(params, outputs, targets, meta, history, restored_best=restored_best)
     return Evaluation(report=report, outputs=outputs)
 
 

@@ -3,7 +3,9 @@
 Plain computation on top of stages/tools/sweep.py; flows/tune.py runs the trials as Prefect
 tasks. Here: the study's name and its sampler and pruner, how a trial samples the space (and
 how a stored trial's values map back to train keys), the epoch callback that reports each
-epoch's val loss to the trial and stops a pruned one, and the leaderboard rows of a study.
+epoch's val loss for the pruner and stops a pruned trial, and the leaderboard rows of a study.
+A trial's curve is kept in the stored study as part of its result (user attribute `result`,
+`history`), not as Optuna intermediate values (see pruning_trial).
 
 A choice is stored in the study as its params.yaml spelling ("[64, 64]", "adam"): Optuna keeps
 categorical values of a few plain types only, and the spelling maps back to the value exactly.
@@ -26,7 +28,15 @@ from stages.core.params import (
     TuneParams,
     train_key_type,
 )
-from stages.tools.sweep import format_value, leaderboard_rows, rank_trials, trial_history, trial_key, trial_params
+from stages.tools.sweep import (
+    format_value,
+    leaderboard_rows,
+    rank_trials,
+    rank_value,
+    trial_history,
+    trial_key,
+    trial_params,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -117,18 +127,51 @@ def check_space(base: TrainParams, space: Mapping[str, SpaceParam]) -> None:
 # ---------------------------------------------------------------------------------- a trial
 
 
-class PruningReport:
-    """An epoch callback: each epoch's val loss goes to the trial; a trial the pruner stops raises
-    optuna.TrialPruned, which ends its training there. The records seen are kept."""
+def pruning_trial(tune: TuneParams, finished: list[dict[str, Any]]) -> optuna.Trial | None:
+    """The trial a running trial reports its epochs to: in a study in memory that holds the curves
+    of the `finished` results (sweep results with their history), judged by the tune pruner.
 
-    def __init__(self, trial: optuna.Trial) -> None:
-        self.trial = trial
+    Not the stored study: a report and a pruning check there are SQLite transactions, about 45 ms
+    an epoch, longer than an epoch of the default data; here they take a fraction of a
+    millisecond. Each trial gets its own, so what it is judged against does not depend on the
+    timing of the other trials of its batch. None when tune.pruner is none.
+    """
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    if tune.pruner == "none":
+        return None
+    study = optuna.create_study(direction="minimize", pruner=make_pruner(tune))
+    for result in finished:
+        curve = {rec["epoch"]: rec["val_loss"] for rec in result.get("history") or []}
+        if tune.pruner == "median":  # it reads the intermediate values of completed trials only
+            if result["status"] == "ok":
+                study.add_trial(create_trial(value=rank_value(result), intermediate_values=curve))
+            continue
+        # successive halving records a trial's rungs as it asks should_prune: replay the curve
+        trial = study.ask()
+        report_history(trial, result.get("history") or [])
+        if result["status"] == "ok":
+            study.tell(trial, rank_value(result))
+        else:
+            study.tell(trial, state=TrialState.PRUNED if result["status"] == "pruned" else TrialState.FAIL)
+    return study.ask()
+
+
+class PruningReport:
+    """An epoch callback: each epoch's val loss goes to the pruning trial (pruning_trial); one the
+    pruner stops raises optuna.TrialPruned, which ends its training there. The records seen are kept."""
+
+    def __init__(self, trial: optuna.Trial | None) -> None:
+        self.trial = trial  # None: no pruning, the records alone
         self.records: list[dict[str, Any]] = []
 
     def __call__(self, rec: dict[str, Any]) -> None:
         import optuna
 
         self.records.append(rec)
+        if self.trial is None:
+            return
         self.trial.report(rec["val_loss"], rec["epoch"])
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {rec['epoch']} (val loss {rec['val_loss']:.4g})")
@@ -142,8 +185,8 @@ class PruningReport:
 
 
 def report_history(trial: optuna.Trial, history: list[dict[str, Any]]) -> None:
-    """Report a cached trial's epochs to its study trial, so the pruner knows its curve too
-    (asking should_prune at each, as a run does: successive halving records its rungs then)."""
+    """Report a finished trial's epochs to `trial`, asking should_prune at each as a run does
+    (successive halving records its rungs then)."""
     for rec in history:
         trial.report(rec["val_loss"], rec["epoch"])
         trial.should_prune()

@@ -260,6 +260,14 @@ def forward_chunks(model: nn.Module, x: np.ndarray | torch.Tensor,
             yield rows, model(chunk)
 
 
+def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Model outputs for raw features, in chunks on the model's device, as float64 numpy: what
+    the train stage writes to models/outputs.npz and what a sweep trial scores."""
+    model.eval()
+    out = [y.float().cpu().numpy() for _, y in forward_chunks(model, x)]
+    return np.concatenate(out).astype(np.float64) if out else np.empty((0,))
+
+
 def weight_tensors(model: nn.Module) -> list[nn.Parameter]:
     """The parameters a penalty applies to: weight matrices and embedding tables, not biases
     (nor scaling buffers)."""

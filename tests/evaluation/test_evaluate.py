@@ -257,7 +257,8 @@ def test_read_history_and_its_errors(tmp_path):
 def test_write_outputs_files_and_report(tmp_path):
     splits = _linear_splits(0.5)
     ev = scoring.evaluate_splits(EvaluateParams(plot_points=50), Affine([2.0, -1.0]), splits, META, HISTORY)
-    evaluate.write_outputs(ev, splits, META, HISTORY, EvaluateParams(plot_points=50),
+    targets = {name: split.y for name, split in splits.items()}
+    evaluate.write_outputs(ev, targets, META, HISTORY, EvaluateParams(plot_points=50),
                            reports_dir=tmp_path / "reports", eval_path=tmp_path / "metrics/eval.json")
     reports = tmp_path / "reports"
     for png in ("learning_curves.png", "predictions.png"):
@@ -428,3 +429,67 @@ def test_the_gate_names_interval_bounds():
     metrics = {"eval": {"test": {"r2": 0.95, "ci": {"r2": {"low": 0.93, "high": 0.96}}}}}
     assert lookup(metrics, "eval.test.r2.ci_low") == 0.93 and lookup(metrics, "eval.test.r2.ci_high") == 0.96
     assert lookup(metrics, "eval.test.r2") == 0.95
+
+
+# ------------------------------------------------- the saved outputs evaluate scores (train writes)
+
+
+def _saved_model(path: Path, seed: int) -> contracts.ModelConfig:
+    from stages.training.models import build_model, save_model
+    from tests.conftest import model_config
+
+    cfg = model_config()
+    torch.manual_seed(seed)
+    save_model(path, build_model(cfg), cfg)
+    return cfg
+
+
+def test_saved_outputs_round_trip_with_the_same_bytes(tmp_path):
+    cfg = _saved_model(tmp_path / "model.pt", 0)
+    outputs = {"train": np.linspace(0, 1, 7), "val": np.arange(3.0), "test": np.empty((0,))}
+    dest = tmp_path / "outputs.npz"
+    contracts.write_model_outputs(outputs, cfg, tmp_path / "model.pt", dest)
+    first = dest.read_bytes()
+    contracts.write_model_outputs(outputs, cfg, tmp_path / "model.pt", dest)
+    assert dest.read_bytes() == first  # DVC sees no change when the model did not change
+    got, got_cfg = contracts.read_model_outputs(dest, tmp_path / "model.pt")
+    assert got_cfg == cfg and got.keys() == outputs.keys()
+    for name, out in outputs.items():
+        assert got[name].dtype == np.float64 and np.array_equal(got[name], out)
+
+
+def test_saved_outputs_of_another_model_are_refused_naming_the_fix(tmp_path):
+    cfg = _saved_model(tmp_path / "model.pt", 0)
+    dest = tmp_path / "outputs.npz"
+    contracts.write_model_outputs({"train": np.zeros(2)}, cfg, tmp_path / "model.pt", dest)
+    _saved_model(tmp_path / "model.pt", 1)  # retrained by hand: other weights, other bytes
+    with pytest.raises(DataError, match=r"another .*model.pt.*run `dvc repro train`"):
+        contracts.read_model_outputs(dest, tmp_path / "model.pt")
+    dest.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=r"not a readable outputs file.*dvc repro train"):
+        contracts.read_model_outputs(dest, tmp_path / "model.pt")
+    with pytest.raises(DataError, match=r"missing.npz: file not found \(run `dvc repro train`\)"):
+        contracts.read_model_outputs(tmp_path / "missing.npz", tmp_path / "model.pt")
+
+
+def test_outputs_for_other_rows_are_a_data_error():
+    outputs = {"train": np.zeros(4), "val": np.zeros(3)}
+    targets = {"train": np.zeros(4, np.float32), "val": np.zeros(2, np.float32)}
+    with pytest.raises(DataError, match=r"3 model outputs for the 2 rows of the val split \(run `dvc repro train`\)"):
+        scoring.score_outputs(EvaluateParams(), outputs, targets, META, HISTORY)
+
+
+@pytest.mark.parametrize("kind", ["friedman", "classification", "mixed"])
+def test_targets_alone_read_as_the_splits_hold_them(tmp_path, kind):
+    """evaluate reads only the target column: the same dtype and values as read_split's, in the
+    numeric layout and the raw one (mixed)."""
+    from stages.core.params import DataParams
+    from stages.data.splits import load_splits, read_targets
+    from stages.generate import run as generate
+
+    noise = 0.1 if kind == "classification" else 1.0
+    meta = generate(DataParams(kind=kind, n_samples=300, n_features=5, n_informative=2, noise=noise), tmp_path)
+    splits, targets = load_splits(tmp_path, meta), read_targets(meta, tmp_path)
+    assert targets.keys() == splits.keys()
+    for name, split in splits.items():
+        assert targets[name].dtype == split.y.dtype and np.array_equal(targets[name], split.y)

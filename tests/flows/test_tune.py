@@ -17,6 +17,7 @@ from flows.sweep import cache_storage, load_trial_data, run_sweep
 from flows.tune import run_tune, tune_trial_task
 from stages.core.params import parse_params
 from stages.tools.sweep import code_fingerprint, trial_key, trial_params
+from stages.tools.tune import pruning_trial
 from tests.flows.test_sweep import PARAMS_TEXT, _changed_lines, make_workspace
 
 # the sweep tests' tiny params, with a tune section: a log range and a choice of layer sizes
@@ -89,17 +90,14 @@ def test_a_changed_space_starts_a_new_study(tuned, tmp_path):
 
 def test_a_pruned_trial_is_recorded_but_never_cached(tuned, tmp_path):
     """A trial the pruner stops is not a result of its params: the sweep must train them in full."""
-    import optuna
     from prefect import flow
 
     ws = Path(shutil.copytree(tuned[0], tmp_path / "ws"))
     params = parse_params(yaml.safe_load(TUNE_PARAMS))
-    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2))
-    done = study.ask()
-    for epoch in range(1, 7):
-        done.report(1e-6, epoch)  # a trial far better than any real one at every epoch
-    study.tell(done, 1e-6)
-    trial = study.ask()
+    # one finished trial far better than any real one at every epoch
+    best = {"status": "ok", "loss": "mse", "val": {"mse": 1e-6},
+            "history": [{"epoch": e, "val_loss": 1e-6} for e in range(1, 7)]}
+    trial = pruning_trial(params.tune.model_copy(update={"startup_trials": 1}), [best])
     train = trial_params(params.train, {"lr": 0.0013})
     data = load_trial_data(ws)
 
@@ -117,6 +115,32 @@ def test_a_pruned_trial_is_recorded_but_never_cached(tuned, tmp_path):
     swept = run_sweep(ws, grid={"lr": [0.0013]})
     assert not swept.trials[0]["cached"] and swept.trials[0]["epochs"] == 6
     assert (cache_storage(ws) / key).exists()  # the full run is cached as usual
+
+
+def test_tell_records_each_outcome_as_its_study_state():
+    import optuna
+
+    from flows.tune import finished, tell
+    from stages.core.params import SpaceParam
+    from stages.tools.tune import rank_study
+
+    space = {"lr": SpaceParam(low=0.001, high=0.1, log=True)}
+    history = [{"epoch": 1, "train_loss": 2.0, "val_loss": 2.0, "seconds": 0.1}]
+    outcomes = [{"status": "ok", "error": None, "task": "regression", "loss": "mse", "val": {"mse": 1.5},
+                 "test": {"mse": 1.6}, "epochs": 1, "seconds": 0.1, "history": history},
+                {"status": "pruned", "error": "pruned at epoch 1", "task": "regression", "loss": "mse", "epochs": 1,
+                 "seconds": 0.1, "history": history},
+                {"status": "failed", "error": "training diverged", "task": "regression", "loss": "mse"}]
+    study = optuna.create_study()
+    for i, result in enumerate(outcomes):
+        trial = study.ask()
+        trial.suggest_float("lr", 0.001, 0.1, log=True)
+        tell(study, trial, result, cached=i == 0)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "FAIL"] and finished(study) == 3
+    assert study.trials[0].value == 1.5 and study.trials[0].user_attrs["result"]["cached"] is True
+    assert study.trials[1].user_attrs["result"]["history"] == history  # the curve the pruner replays
+    assert [(t["trial"], t["status"]) for t in rank_study(study.trials, space)] == [
+        (0, "ok"), (1, "pruned"), (2, "failed")]
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -12,11 +12,10 @@ from stages.tools.sweep import rank_trials, trial_params
 from stages.tools.tune import (
     PruningReport,
     check_space,
-    make_pruner,
     make_sampler,
     overrides_of,
+    pruning_trial,
     rank_study,
-    report_history,
     study_name,
     suggest,
     tune_rows,
@@ -105,13 +104,10 @@ def test_a_fresh_study_is_reproducible_and_a_continued_one_draws_anew():
 # --------------------------------------------------------------------------------- pruning
 
 
-def _study_with_completed(curves: list[list[float]], tune: TuneParams) -> optuna.Study:
-    study = optuna.create_study(pruner=make_pruner(tune))
-    for curve in curves:  # as a cached trial's history is reported
-        trial = study.ask()
-        report_history(trial, [{"epoch": epoch, "val_loss": value} for epoch, value in enumerate(curve, start=1)])
-        study.tell(trial, min(curve))
-    return study
+def _finished(curve: list[float], status: str = "ok") -> dict:
+    """A finished trial's result as the study keeps it (its curve in `history`)."""
+    history = [{"epoch": e, "train_loss": v, "val_loss": v, "seconds": 0.1 * e} for e, v in enumerate(curve, start=1)]
+    return {**_result(min(curve) if status == "ok" else None, status), "history": history}
 
 
 def _rec(epoch: int, val: float) -> dict:
@@ -120,8 +116,9 @@ def _rec(epoch: int, val: float) -> dict:
 
 def test_median_pruner_stops_a_trial_worse_than_the_median_after_warmup():
     tune = _tune(pruner="median", startup_trials=2, warmup_epochs=3)
-    study = _study_with_completed([[2.0, 1.5, 1.2, 1.1, 1.0], [2.2, 1.6, 1.3, 1.2, 1.1]], tune)
-    worse = PruningReport(study.ask())
+    finished = [_finished([2.0, 1.5, 1.2, 1.1, 1.0]), _finished([2.2, 1.6, 1.3, 1.2, 1.1]),
+                _finished([0.1, 0.1, 0.1], "pruned")]  # a pruned curve is no part of the median
+    worse = PruningReport(pruning_trial(tune, finished))
     worse(_rec(1, 9.0))
     worse(_rec(2, 9.0))  # worse than the median, but within the warmup epochs
     with pytest.raises(optuna.TrialPruned, match=r"pruned at epoch 3 \(val loss 9\)"):
@@ -130,26 +127,30 @@ def test_median_pruner_stops_a_trial_worse_than_the_median_after_warmup():
     assert (result["status"], result["epochs"], result["loss"]) == ("pruned", 3, "mse")
     assert result["seconds"] == 1.5 and [h["epoch"] for h in result["history"]] == [1, 2, 3]
 
-    better = PruningReport(study.ask())
+    better = PruningReport(pruning_trial(tune, finished))
     for epoch in range(1, 6):
         better(_rec(epoch, 0.9))  # below the median at every epoch: trains on
 
 
 def test_no_pruning_before_startup_trials_or_with_pruner_none():
-    curves = [[1.0, 1.0, 1.0, 1.0]]
-    for tune in (_tune(pruner="median", startup_trials=2, warmup_epochs=0), _tune(pruner="none")):
-        report = PruningReport(_study_with_completed(curves, tune).ask())
+    finished = [_finished([1.0, 1.0, 1.0, 1.0])]
+    assert pruning_trial(_tune(pruner="none"), finished) is None
+    for trial in (pruning_trial(_tune(pruner="median", startup_trials=2, warmup_epochs=0), finished), None):
+        report = PruningReport(trial)
         for epoch in range(1, 5):
             report(_rec(epoch, 50.0))
+        assert len(report.records) == 4
 
 
 def test_successive_halving_prunes_at_its_rungs():
     tune = _tune(pruner="successive_halving", warmup_epochs=2)
-    study = _study_with_completed([[1.0, 0.9, 0.8, 0.7]] * 3, tune)
-    report = PruningReport(study.ask())
+    report = PruningReport(pruning_trial(tune, [_finished([1.0, 0.9, 0.8, 0.7])] * 3))
     report(_rec(1, 9.0))
     with pytest.raises(optuna.TrialPruned, match="epoch 2"):
         report(_rec(2, 9.0))
+    good = PruningReport(pruning_trial(tune, [_finished([1.0, 0.9, 0.8, 0.7])] * 3))
+    for epoch in range(1, 5):
+        good(_rec(epoch, 0.5))
 
 
 # --------------------------------------------------------------------------- study, ranking
