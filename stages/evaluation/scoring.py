@@ -63,7 +63,7 @@ def score_outputs(params: EvaluateParams, outputs: dict[str, np.ndarray], target
         if len(out) != len(targets[name]):
             raise DataError(f"evaluate: {len(out)} model outputs for the {len(targets[name])} rows of the {name} "
                             "split (run `dvc repro train`)")
-        report[name] = {**compute_metrics(task, targets[name], out, n_classes), "n": int(len(out))}
+        report[name] = {**compute_metrics(task, targets[name], out, n_classes), "n": len(out)}
         if len(out) < SMALL_SPLIT:
             log.warning("the %s split has %d rows: one row moves its metrics by %.1f points; give it more "
                         "rows (data.split), or judge on k-fold cross-validation (evaluate.cv_folds: 5)",

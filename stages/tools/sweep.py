@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.metadata
 import io
 import itertools
 import json
@@ -114,23 +115,35 @@ def data_fingerprint(data_dir: str | Path) -> str:
     return folded.hexdigest()
 
 
+def torch_version() -> str:
+    """torch.__version__, read from the installed package's metadata: a cached trial's key is
+    computed without importing torch (about a second per process)."""
+    return importlib.metadata.version("torch")
+
+
+def trial_device(name: str) -> str:
+    """The device type resolve_device gives for train.device `name`; without importing torch where
+    the answer is known: cpu, or auto with a CPU-only torch build (a "+cpu" version has no CUDA)."""
+    if name == "cpu" or (name == "auto" and torch_version().endswith("+cpu")):
+        return "cpu"
+    from stages.training.loop import resolve_device
+
+    return resolve_device(name).type
+
+
 def code_fingerprint() -> str:
     """Hash of the stage modules a trial runs, and of the torch version."""
-    import torch
-
-    h = hashlib.sha256(torch.__version__.encode())
+    h = hashlib.sha256(torch_version().encode())
     h.update(code_digest(*TRIAL_CODE).encode())
     return h.hexdigest()
 
 
 def trial_key(train: TrainParams, evaluate: EvaluateParams, data_key: str, code_key: str) -> str:
     """A trial's cache key: everything its result depends on."""
-    from stages.training.loop import resolve_device
-
     # checkpoint_every changes no result; the device does (auto means cuda where there is one)
     head = {"train": train.model_dump(mode="json", exclude={"checkpoint_every"}),
             "evaluate": evaluate.model_dump(mode="json"), "data": data_key, "code": code_key,
-            "device": resolve_device(train.device).type}
+            "device": trial_device(train.device)}
     return "trial-" + hashlib.sha256(json.dumps(head, sort_keys=True).encode()).hexdigest()
 
 

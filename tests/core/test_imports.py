@@ -99,3 +99,27 @@ def test_a_stage_run_loads_only_what_it_needs(name, tmp_path):
         _evaluate_inputs(tmp_path)
     assert loaded(name, tmp_path, run=True) == ON_RUN[name]
     assert (tmp_path / ("metrics/eval.json" if name == "evaluate" else "data/meta.json")).exists()
+
+
+TRIAL_KEY_PROBE = """
+import sys
+from stages.core.params import EvaluateParams, TrainParams
+from stages.tools.sweep import code_fingerprint, trial_key
+trial_key(TrainParams(device="cpu"), EvaluateParams(), "data", code_fingerprint())
+print("LOADED", "torch" in sys.modules)
+"""
+
+
+def test_a_cached_trial_key_needs_no_torch(tmp_path):
+    """`fitline sweep`/`compare`/`tune` rerun with every trial cached: the keys cost no torch
+    import; and the device and version in them are what torch itself reports."""
+    proc = subprocess.run([sys.executable, "-c", TRIAL_KEY_PROBE], cwd=tmp_path, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.split() == ["LOADED", "False"]
+    import torch
+
+    from stages.tools.sweep import torch_version, trial_device
+    from stages.training.loop import resolve_device
+
+    assert torch_version() == torch.__version__
+    assert trial_device("auto") == resolve_device("auto").type and trial_device("cpu") == "cpu"
