@@ -50,11 +50,17 @@ FIRST_GELU_OPSET = 20  # before it, GELU is written out with Erf / Tanh
 
 
 class Graph:
-    """Nodes and initializers under fixed, sequential names (the same model gives the same bytes)."""
+    """Nodes and initializers under fixed, sequential names (the same model gives the same bytes).
+
+    An op already added with the same inputs and attributes, or a constant with the same values,
+    is reused rather than added again: e.g. the missing indicators of the numeric columns gather
+    and test the columns that imputation already did (as the dynamo exporter's optimiser merges)."""
 
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        self._consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
+        self._ops: dict[tuple[str, tuple[str, ...], str], str] = {}
 
     def const(self, name: str, value: torch.Tensor | float | Sequence[int]) -> str:
         """An initializer: a tensor's values as float32, a float as a float32 scalar, ints as int64."""
@@ -62,13 +68,20 @@ class Graph:
             array = value.detach().to("cpu", torch.float32).numpy()
         else:
             array = np.array(value, dtype=np.float32 if isinstance(value, float) else np.int64)
-        self.initializers.append(numpy_helper.from_array(array, name))
-        return name
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._consts[key] = name
+        return self._consts[key]
 
     def op(self, op_type: str, inputs: Sequence[str], output: str | None = None, **attrs: object) -> str:
         """Add one node; return its output's name (`output`, else the next n<i>_<op>)."""
+        key = (op_type, tuple(inputs), repr(sorted(attrs.items())))
+        if output is None and key in self._ops:
+            return self._ops[key]
         name = output or f"n{len(self.nodes)}_{op_type.lower()}"
         self.nodes.append(helper.make_node(op_type, list(inputs), [name], name=f"node_{name}", **attrs))
+        self._ops[key] = name
         return name
 
     def concat(self, parts: list[str], axis: int = 1) -> str | None:

@@ -22,7 +22,7 @@ from stages.core.params import Exporter, ExportParams
 from stages.data.encoding import encode_frame, onnx_inputs
 from stages.data.splits import Split
 from stages.serving import onnx as onnx_export
-from stages.serving.onnx_graph import build_network
+from stages.serving.onnx_graph import Graph, build_network
 from stages.serving.predict import OnnxModel
 from stages.serving.quantize import quantize_model
 from stages.training.models import FitlineModel, build_model, fit_scaling, load_model, save_model
@@ -219,6 +219,18 @@ def test_exporters_are_keyed_by_their_literal():
 
 
 # ------------------------------------------------------------ determinism, int8, imports
+
+
+def test_graph_reuses_an_identical_op_or_constant_and_nothing_else():
+    g = Graph()
+    cols = g.const("num_cols", [0, 2])
+    assert g.const("flag_cols", [0, 2]) == cols and g.const("other", [0, 1]) != cols
+    assert g.const("half", 0.5) != g.const("halves", torch.tensor([0.5, 0.5]))
+    first = g.op("Gather", ["x", cols], axis=1)
+    assert g.op("Gather", ["x", cols], axis=1) == first
+    assert g.op("Gather", ["x", cols], axis=0) != first  # other attributes: another op
+    assert g.op("IsNaN", [first]) == g.op("IsNaN", [first])
+    assert [n.op_type for n in g.nodes] == ["Gather", "Gather", "IsNaN"] and len(g.initializers) == 4
 
 
 def test_the_same_weights_give_the_same_bytes(tmp_path):
