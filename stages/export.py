@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def main() -> None:
-    # the exporter's optimiser logs each pass at INFO; its op registry warns that torchvision
-    # (whose ops a fitline model never uses) is not installed
+    # export.exporter dynamo: its optimiser logs each pass at INFO; its op registry warns that
+    # torchvision (whose ops a fitline model never uses) is not installed
     for noisy in ("onnx_ir", "onnxscript"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

@@ -66,7 +66,6 @@ from stages.serving.quantize import calibration_index, calibration_rows, quantiz
 from stages.serving.raw_graph import ENCODING, with_raw_inputs
 from stages.serving.rows import EDGE_ROWS, CheckRows, matrix_rows, raw_rows, tiled
 from stages.training.models import forward_chunks
-from stages.training.pruning import count_parameters, fine_tune, prune_model
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +326,10 @@ def prune_for_export(params: ExportParams, model: nn.Module, cfg: ModelConfig, s
     task, test = cfg.task, splits["test"]
     before = test_metric(task, test.y, torch_primary(model, task, rows.x)[: rows.n_test])
     t0 = time.perf_counter()
+    # only here: the pruning module brings the training loop's imports, which an export without
+    # pruning (the default) does not need
+    from stages.training.pruning import fine_tune, prune_model
+
     small, small_cfg = prune_model(model, cfg, prune.amount, prune.criterion)
     small, tuned = fine_tune(small, small_cfg, train_params, splits, prune.fine_tune_epochs)
     after = test_metric(task, test.y, torch_primary(small, task, rows.x)[: rows.n_test])
@@ -340,6 +343,8 @@ def prune_for_export(params: ExportParams, model: nn.Module, cfg: ModelConfig, s
 def pruning_metrics(params: ExportParams, model: nn.Module, cfg: ModelConfig, pruned: Pruned,
                     sizes: dict[str, int], latency_ms: dict[str, dict[str, float]]) -> dict[str, Any]:
     """metrics/export.json's `pruning`: what pruning removed, cost and bought (unpruned vs pruned)."""
+    from stages.training.pruning import count_parameters
+
     p_before, p_after = count_parameters(model), count_parameters(pruned.model)
     speedup = {kind: {b: latency_ms[kind][b] / latency_ms[f"pruned_{kind}"][b] for b in LATENCY_BATCHES}
                for kind in ("fp32", "int8")}
