@@ -568,7 +568,7 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{key}: {err['input']!r} is not allowed: {err['msg']}"
 
 
-def _merge_auto(errors: list[Any]) -> list[Any]:
+def merge_auto_errors(errors: list[Any]) -> list[Any]:
     """A value that is neither a valid number nor `auto` fails both halves of the union: one error."""
     tag = f"literal[{AUTO!r}]"
     auto_keys = {tuple(e["loc"][:-1]) for e in errors if e["loc"] and e["loc"][-1] == tag}
@@ -592,7 +592,7 @@ def parse_params(raw: Any, source: str = str(PARAMS_PATH)) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        messages = [_describe(e) for e in _merge_auto(exc.errors())]
+        messages = [_describe(e) for e in merge_auto_errors(exc.errors())]
         more = f" (and {len(messages) - 1} more: {'; '.join(messages[1:])})" if len(messages) > 1 else ""
         raise ParamsError(f"{source}: {messages[0]}{more}") from None
 

@@ -37,7 +37,7 @@ from stages.core.contracts import (
 )
 from stages.core.errors import DataError, FitlineError, ParamsError
 from stages.core.io import file_digest, read_json, write_text
-from stages.core.params import JUDGED_LOSS, EvaluateParams, TrainParams, parse_params
+from stages.core.params import JUDGED_LOSS, EvaluateParams, TrainParams, merge_auto_errors, parse_params
 from stages.data.splits import Split
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def trial_params(base: TrainParams, overrides: Mapping[str, Any]) -> TrainParams
     try:
         return TrainParams.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        err = merge_auto_errors(exc.errors())[0]
         where = f"trial {format_overrides(overrides)}"
         if err["type"] == "value_error":
             raise ParamsError(f"{where}: {err['ctx']['error']}") from None
