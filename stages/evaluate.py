@@ -36,7 +36,7 @@ from stages.core.contracts import (
 )
 from stages.core.errors import run_main
 from stages.core.io import read_json, write_json, write_text
-from stages.core.params import LOSS_LABEL, EvaluateParams, load_params
+from stages.core.params import LOSS_LABEL, EvaluateParams, Params, load_params
 from stages.data.splits import read_targets
 from stages.evaluation.report import class_labels, fit_report, plot_tables, sample_rows
 from stages.evaluation.scoring import Evaluation, score_outputs
@@ -70,6 +70,15 @@ def write_outputs(ev: Evaluation, targets: dict[str, np.ndarray], meta: Meta, hi
     write_json(eval_path, report)
 
 
+def cross_validation(params: Params, meta: Meta) -> dict[str, Any]:
+    """eval.json's `cv` (evaluate.cv_folds > 0): k models retrained with the train params."""
+    from stages.evaluation.cv import cross_validate  # the training loop and torch: only when CV is on
+
+    # the stage reads no feature column otherwise: cross_validate loads train+val itself
+    return cross_validate(params.train, meta, params.evaluate.cv_folds,
+                          min_category_count=params.data.min_category_count)
+
+
 def main() -> None:
     params = load_params()
     meta = load_meta()
@@ -81,6 +90,8 @@ def main() -> None:
     train_metrics = read_json(TRAIN_METRICS_PATH) if TRAIN_METRICS_PATH.exists() else {}
     report = score_outputs(params.evaluate, outputs, targets, meta, history,
                            restored_best=train_metrics.get("restored_best"))
+    if params.evaluate.cv_folds:
+        report["cv"] = cross_validation(params, meta)
     ev = Evaluation(report=report, outputs=outputs)
     write_outputs(ev, targets, meta, history, params.evaluate)
     fit = ev.report["fit"]

@@ -124,9 +124,10 @@ def check_folds(k: int, y: np.ndarray, meta: Meta) -> None:
         counts = np.bincount(y.astype(np.int64), minlength=len(meta.classes or []))
         rare = int(np.argmin(counts))
         if counts[rare] < k:
+            fix = (f"lower evaluate.cv_folds (at most {int(counts[rare])})" if counts[rare] >= 2
+                   else "turn cross-validation off (evaluate.cv_folds: 0)")
             raise ParamsError(f"evaluate.cv_folds: {k} folds, but class {meta.classes[rare]!r} has {int(counts[rare])} "
-                              f"train+val rows: each fold needs one of every class; lower evaluate.cv_folds "
-                              f"(at most {max(int(counts[rare]), 2)}) or use more data")
+                              f"train+val rows: each fold needs one of every class; {fix} or use more data")
 
 
 # ------------------------------------------------------------------------------- the data
