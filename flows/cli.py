@@ -280,6 +280,15 @@ def serve(
 _RUNNER_HELP = "threads | processes | dask (default: params sweep.runner)."
 
 
+def _echo_applied(changed: dict) -> None:
+    """What `--apply` of a sweep or a study changed in params.yaml."""
+    if changed:
+        changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        typer.echo(f"params.yaml: {changes}; run `dvc repro` to train the official model")
+    else:
+        typer.echo("params.yaml already holds the best values")
+
+
 @app.command()
 def sweep(
     apply: bool = typer.Option(False, "--apply", help="write the best trial's values into params.yaml (comments kept)."),
@@ -302,11 +311,7 @@ def sweep(
         raise typer.Exit(1) from None
     typer.echo(leaderboard_text(result, top))
     if apply:
-        if result.changed:
-            changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in result.changed.items())
-            typer.echo(f"params.yaml: {changes}; run `dvc repro` to train the official model")
-        else:
-            typer.echo("params.yaml already holds the best values")
+        _echo_applied(result.changed)
 
 
 @app.command()
@@ -334,14 +339,15 @@ def tune(
         typer.echo(f"fitline tune: error: {exc}", err=True)
         raise typer.Exit(2 if isinstance(exc, (ParamsError, DataError)) else 1) from None
     typer.echo(leaderboard_text(result, top))
-    typer.echo(f"study {result.study}: {result.new} new trials ({result.trained} trained, the rest from cache), "
-               f"{len(result.rows)} in all")
+    if result.new:
+        others = result.new - result.trained
+        typer.echo(f"study {result.study}: {result.new} new trials ({result.trained} trained, {others} from "
+                   f"the trial cache or refused before training), {len(result.rows)} in all")
+    else:
+        typer.echo(f"study {result.study}: already {len(result.rows)} finished trials, nothing to run "
+                   "(a larger --trials continues it)")
     if apply:
-        if result.changed:
-            changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in result.changed.items())
-            typer.echo(f"params.yaml: {changes}; run `dvc repro` to train the official model")
-        else:
-            typer.echo("params.yaml already holds the best values")
+        _echo_applied(result.changed)
 
 
 @app.command()

@@ -294,9 +294,14 @@ def run_sweep(root: str | Path = ".", *, grid: dict[str, list[Any]] | None = Non
     log.info("sweep: %s runner, %d workers", options.runner, options.workers)
     ranked = call_flow(sweep_flow, options, announce=announce, root=str(workspace), grid=grid)
     result = SweepResult(ranked, leaderboard_rows(ranked, keys), keys)
+    return apply_result(result, workspace, apply, f"every trial failed (the first: {ranked[0]['error']})")
+
+
+def apply_result(result: SweepResult, workspace: Path, apply: bool, none_ok: str) -> SweepResult:
+    """A sweep's or a study's result, its best trial written into params.yaml with `apply`;
+    a FitlineError (`none_ok`, and where the leaderboard is) when no trial finished ok."""
     if result.best is None:
-        raise FitlineError(f"every trial failed (the first: {ranked[0]['error']}); see {SWEEP_LEADERBOARD_PATH}"
-                           + ("; params.yaml is left as it is" if apply else ""))
+        raise FitlineError(f"{none_ok}; see {result.path}" + ("; params.yaml is left as it is" if apply else ""))
     if apply:
         result.changed = apply_best(workspace / PARAMS_PATH, result.best["params"])
     return result

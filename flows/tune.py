@@ -38,6 +38,7 @@ from flows.sweep import (
     RunOptions,
     SweepResult,
     TrialData,
+    apply_result,
     cache_storage,
     call_flow,
     execute_trial,
@@ -49,7 +50,6 @@ from stages.core.contracts import PARAMS_PATH, TUNE_LEADERBOARD_PATH
 from stages.core.errors import FitlineError, ParamsError
 from stages.core.params import JUDGED_LOSS, EvaluateParams, TrainParams, TuneParams, load_params
 from stages.tools.sweep import (
-    apply_best,
     check_validated,
     code_fingerprint,
     format_overrides,
@@ -255,9 +255,4 @@ def run_tune(root: str | Path = ".", *, trials: int | None = None, timeout: floa
     check_validated(workspace)
     result = call_flow(tune_flow, options, announce=announce, root=str(workspace), trials=trials, timeout=timeout,
                        workers=options.workers)
-    if result.best is None:
-        raise FitlineError(f"no trial of the study completed; see {TUNE_LEADERBOARD_PATH}"
-                           + ("; params.yaml is left as it is" if apply else ""))
-    if apply:
-        result.changed = apply_best(workspace / PARAMS_PATH, result.best["params"])
-    return result
+    return apply_result(result, workspace, apply, "no trial of the study completed")

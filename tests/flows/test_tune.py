@@ -117,6 +117,13 @@ def test_a_pruned_trial_is_recorded_but_never_cached(tuned, tmp_path):
     assert (cache_storage(ws) / key).exists()  # the full run is cached as usual
 
 
+@pytest.mark.slow
+def test_process_pool_runner(tuned, tmp_path):
+    ws = Path(shutil.copytree(tuned[0], tmp_path / "ws"))
+    result = run_tune(ws, trials=5, runner="processes", workers=2)  # the pruning trial travels pickled
+    assert result.new == 2 and {t["status"] for t in result.trials} <= {"ok", "pruned"}
+
+
 def test_tell_records_each_outcome_as_its_study_state():
     import optuna
 
