@@ -14,7 +14,9 @@ repeat runs, interleaved so the shared machine's load hits both sides alike:
   `-X importtime` entries of the process, lazy imports inside functions included, less the
   modules a bare interpreter already imports) and work (the rest);
 - `dvc repro` in another fresh copy (no import profiling): the whole cold run as a user sees it,
-  DVC's hashing and the card stage included.
+  DVC's hashing and the card stage included;
+- a fresh process computing one sweep trial's cache key: what a `fitline sweep`, `compare` or
+  `tune` process pays to find its trials cached (torch's import, before).
 
 Reports medians over the repeats and the after/before ratios, and checks that both sides wrote
 the same metrics (eval.json whole, train.json without its timings).
@@ -144,6 +146,17 @@ def run_stages(template: Path, work: Path, start_s: float, startup: set[str],
     return result
 
 
+# what a `fitline sweep`/`compare`/`tune` process computes for each trial to find it cached
+TRIAL_KEY = ("from stages.core.params import EvaluateParams, TrainParams; "
+             "from stages.tools.sweep import code_fingerprint, trial_key; "
+             "trial_key(TrainParams(), EvaluateParams(), 'data', code_fingerprint())")
+
+
+def run_trial_key(template: Path) -> float:
+    """Wall of a fresh process that computes one trial's cache key with the side's code."""
+    return timed(f'python -c "{TRIAL_KEY}"', template, template.parent / "trial-key.log", False)["wall_s"]
+
+
 def run_repro(template: Path, work: Path) -> float:
     shutil.copytree(template, work)
     return timed("dvc repro -q", work, work / "repro.bench.log", False)["wall_s"]
@@ -162,7 +175,7 @@ def median_stages(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str
 
 
 def table(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
-          repro: dict[str, float]) -> str:
+          repro: dict[str, float], trial_key: dict[str, float]) -> str:
     """Markdown: per stage, before → after of wall, imports, work and peak RSS, and the ratio."""
     header = ("| stage | wall s before → after | × | start s | imports s before → after | "
               "work s before → after | peak RSS MiB before → after |")
@@ -178,6 +191,9 @@ def table(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]
     if repro:
         lines.append(f"| **`dvc repro`, cold** | {repro['before']:.2f} → {repro['after']:.2f} | "
                      f"{repro['after'] / repro['before']:.2f} | | | | |")
+    if trial_key:
+        lines.append(f"| a sweep trial's cache key, fresh process | {trial_key['before']:.2f} → "
+                     f"{trial_key['after']:.2f} | {trial_key['after'] / trial_key['before']:.2f} | | | | |")
     return "\n".join(lines)
 
 
@@ -189,6 +205,7 @@ def compare(before_rev: str, rows: int, repeats: int, repro: bool, skip: set[str
         sides = {"before": make_side(tmp / "before", before_rev, rows), "after": make_side(tmp / "after", None, rows)}
         stage_runs: dict[str, list] = {"before": [], "after": []}
         repro_runs: dict[str, list] = {"before": [], "after": []}
+        key_runs: dict[str, list] = {"before": [], "after": []}
         metrics: dict[str, Any] = {}
         for i in range(repeats):
             start_s = interpreter_start(tmp)
@@ -201,13 +218,15 @@ def compare(before_rev: str, rows: int, repeats: int, repro: bool, skip: set[str
                     shutil.rmtree(work)
                 if repro:
                     repro_runs[side].append(run_repro(sides[side], tmp / f"{side}-repro-{i}"))
+                key_runs[side].append(run_trial_key(sides[side]))
             print(f"  repeat {i + 1}/{repeats}: " + ", ".join(
                 f"{s} {sum(m['wall_s'] for m in stage_runs[s][-1].values()):.1f} s"
                 + (f" (dvc repro {repro_runs[s][-1]:.1f} s)" if repro else "") for s in order), flush=True)
         return {"rows": rows, "before_rev": before_rev, "repeats": repeats,
                 "before": median_stages(stage_runs["before"]), "after": median_stages(stage_runs["after"]),
                 "repro": {s: statistics.median(v) for s, v in repro_runs.items()} if repro else {},
-                "repro_runs": repro_runs, "same_metrics": metrics["before"] == metrics["after"]}
+                "repro_runs": repro_runs, "trial_key": {s: statistics.median(v) for s, v in key_runs.items()},
+                "same_metrics": metrics["before"] == metrics["after"]}
     finally:
         if keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -228,7 +247,7 @@ def report(args: argparse.Namespace, keep: Path | None = None, json_path: Path |
     if json_path:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
     print()
-    print(table(result["before"], result["after"], result["repro"]))
+    print(table(result["before"], result["after"], result["repro"], result["trial_key"]))
     print()
     print("same metrics on both sides (eval.json; train.json without timings):", result["same_metrics"])
 

@@ -21,15 +21,30 @@ Progress = Literal["bar", "log"] | None  # a tqdm bar (a terminal), log lines (C
 
 
 class LiveLog:
-    """Each epoch as one dvclive step (the epoch itself is the step)."""
+    """Each epoch as one dvclive step (the epoch itself is the step).
 
-    def __init__(self, live: Any) -> None:
-        self.live = live
+    log_metric appends the epoch's row to each plot file at once; dvclive's next_step (its
+    metrics.json, and a re-read of every plot file for Studio even when Studio is off) runs
+    every `every_seconds` only: per epoch it cost a small table's run about as much as the
+    training itself. In between the step advances as next_step would advance it, and the
+    summary's step is kept current: Live.end() takes the step from it and writes the last
+    epoch's summary, so the files at the end are the same."""
+
+    def __init__(self, live: Any, every_seconds: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.live, self.every_seconds, self.clock = live, every_seconds, clock
+        self.last_sync = clock()
 
     def __call__(self, rec: dict[str, Any]) -> None:
+        live = self.live
         for key in HISTORY_COLUMNS[1:]:
-            self.live.log_metric(key, rec[key])
-        self.live.next_step()
+            live.log_metric(key, rec[key])
+        now = self.clock()
+        if now - self.last_sync >= self.every_seconds:
+            live.next_step()
+            self.last_sync = now
+        else:
+            live.summary["step"] = live.step
+            live.step += 1
 
 
 class ProgressBar:

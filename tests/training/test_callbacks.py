@@ -2,45 +2,73 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
+
+from dvclive import Live
 
 from stages.training.callbacks import LiveLog, ProgressBar, close_callbacks, epoch_callbacks
 from tests.conftest import subprocess_env
 
 
-class FakeLive:
-    def __init__(self) -> None:
-        self.steps: list[dict] = [{}]
-
-    def log_metric(self, key: str, value: float) -> None:
-        self.steps[-1][key] = value
-
-    def next_step(self) -> None:
-        self.steps.append({})
-
-
 def _rec(epoch: int) -> dict:
-    return {"epoch": epoch, "train_loss": 1.0, "val_loss": 2.0, "lr": 0.1, "epoch_seconds": 0.5}
+    return {"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 2.0 / epoch, "lr": 0.1, "epoch_seconds": 0.5}
 
 
-def test_only_what_was_asked_for_in_a_fixed_order() -> None:
+def _live(folder: Path) -> Live:
+    return Live(dir=str(folder), save_dvc_exp=False, dvcyaml=False)
+
+
+def _live_files(folder: Path) -> dict[str, object]:
+    """dvclive's summary and each plot file's lines."""
+    files: dict[str, object] = {"metrics.json": json.loads((folder / "metrics.json").read_text())}
+    for tsv in sorted((folder / "plots/metrics").glob("*.tsv")):
+        files[tsv.name] = tsv.read_text().splitlines()
+    return files
+
+
+def test_only_what_was_asked_for_in_a_fixed_order(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     assert epoch_callbacks(None, None, None, 5, 0, []) == []
     hook = print
-    callbacks = epoch_callbacks(FakeLive(), "bar", hook, 5, 0, [])
-    assert [type(c) for c in callbacks[:2]] == [LiveLog, ProgressBar] and callbacks[2] is hook
-    close_callbacks(callbacks)
+    with _live(tmp_path / "live") as live:
+        callbacks = epoch_callbacks(live, "bar", hook, 5, 0, [])
+        assert [type(c) for c in callbacks[:2]] == [LiveLog, ProgressBar] and callbacks[2] is hook
+        close_callbacks(callbacks)
 
 
-def test_a_resumed_run_replays_its_epochs_to_dvclive_and_starts_its_bar_there(capsys) -> None:
-    live = FakeLive()
-    live_log, bar = epoch_callbacks(live, "bar", None, 5, 2, [_rec(1), _rec(2)])
-    assert len(live.steps) == 3 and live.steps[0] == {k: v for k, v in _rec(1).items() if k != "epoch"}
-    assert bar.bar.n == 2
-    live_log(_rec(3))
-    bar(_rec(3))
-    close_callbacks([live_log, bar])
-    assert len(live.steps) == 4 and "3/5" in capsys.readouterr().err
+def test_a_resumed_run_replays_its_epochs_to_dvclive_and_starts_its_bar_there(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with _live(tmp_path / "live") as live:
+        live_log, bar = epoch_callbacks(live, "bar", None, 5, 2, [_rec(1), _rec(2)])
+        assert live.step == 2
+        assert bar.bar.n == 2
+        live_log(_rec(3))
+        bar(_rec(3))
+        close_callbacks([live_log, bar])
+    assert "3/5" in capsys.readouterr().err
+    rows = _live_files(tmp_path / "live")["val_loss.tsv"]
+    assert rows == ["step\tval_loss", "0\t2.0", "1\t1.0", f"2\t{2.0 / 3}"]
+
+
+def test_dvclive_files_are_the_same_whether_it_syncs_every_epoch_or_now_and_then(tmp_path, monkeypatch) -> None:
+    """Syncing dvclive every epoch re-read every plot file each time (for Studio, even when it is
+    off): a small table's run paid about as much for it as for training. The files at the end
+    do not depend on how often it syncs (every_seconds 0 is the old every-epoch sync)."""
+    monkeypatch.chdir(tmp_path)
+    now = [0.0]
+    for name, every in (("each", 0.0), ("never", float("inf")), ("some", 3.0)):
+        with _live(tmp_path / name) as live:
+            log = LiveLog(live, every_seconds=every, clock=lambda: now[0])
+            for epoch in range(1, 12):
+                now[0] += 1.0
+                log(_rec(epoch))
+    each = _live_files(tmp_path / "each")
+    assert each["metrics.json"]["step"] == 10 and len(each["train_loss.tsv"]) == 12
+    assert _live_files(tmp_path / "never") == each
+    assert _live_files(tmp_path / "some") == each
 
 
 def test_progress_log_every_tenth_of_the_run_or_ten_seconds(caplog):
