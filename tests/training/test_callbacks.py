@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from dvclive import Live
-
 from stages.training.callbacks import LiveLog, ProgressBar, close_callbacks, epoch_callbacks
 from tests.conftest import subprocess_env
 
