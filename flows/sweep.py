@@ -31,7 +31,15 @@ from prefect.context import TaskRunContext
 from flows.interactive import command_line_run
 from flows.local_server import prefect_api
 from flows.prefect_env import set_defaults
-from stages.core.contracts import DATA_DIR, PARAMS_PATH, SWEEP_CACHE_DIR, SWEEP_LEADERBOARD_PATH, Meta, load_meta
+from stages.core.contracts import (
+    DATA_DIR,
+    PARAMS_PATH,
+    SWEEP_CACHE_DIR,
+    SWEEP_LEADERBOARD_PATH,
+    Meta,
+    data_fingerprint,
+    load_meta,
+)
 from stages.core.errors import FitlineError, ParamsError
 from stages.core.params import EvaluateParams, TrainParams, load_params
 from stages.data.splits import Split, load_splits
@@ -39,7 +47,6 @@ from stages.tools.sweep import (
     apply_best,
     check_validated,
     code_fingerprint,
-    data_fingerprint,
     format_overrides,
     grid_trials,
     leaderboard_rows,

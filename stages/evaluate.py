@@ -1,8 +1,9 @@
 """Stage `evaluate`: metrics on every split, a constant baseline, the noise floor, and the fit
 diagnosis (good / overfit / underfit) with its reasons and remedies.
 
-The stage scores the model's outputs that train saved next to it (models/outputs.npz, bound to
-models/model.pt by its digest): it loads no torch and reads only the target column of each split.
+The stage scores the model's outputs and the targets that train saved next to the model
+(models/outputs.npz, bound to models/model.pt and to the data by their digests): it loads no
+torch and reads no parquet file.
 `evaluate_model` (stages/evaluation/scoring.py) is the in-process entry for a model in memory (a
 sweep calls it per trial): it returns the content of metrics/eval.json and writes nothing.
 `main()` adds the files for people and for DVC plots:
@@ -37,7 +38,6 @@ from stages.core.contracts import (
 from stages.core.errors import run_main
 from stages.core.io import read_json, write_json, write_text
 from stages.core.params import LOSS_LABEL, EvaluateParams, Params, load_params
-from stages.data.splits import read_targets
 from stages.evaluation.report import class_labels, fit_report, plot_tables, sample_rows
 from stages.evaluation.scoring import Evaluation, score_outputs
 
@@ -82,10 +82,10 @@ def cross_validation(params: Params, meta: Meta) -> dict[str, Any]:
 def main() -> None:
     params = load_params()
     meta = load_meta()
-    # the outputs train saved with the model: no torch here, and no feature column read
-    outputs, cfg = read_model_outputs()
-    check_model_fits(cfg, meta)
-    targets = read_targets(meta)
+    # the outputs and targets train saved with the model: no torch and no parquet read here
+    saved = read_model_outputs()
+    check_model_fits(saved.config, meta)
+    outputs, targets = saved.outputs, saved.targets
     history = read_history(HISTORY_PATH)
     train_metrics = read_json(TRAIN_METRICS_PATH) if TRAIN_METRICS_PATH.exists() else {}
     report = score_outputs(params.evaluate, outputs, targets, meta, history,

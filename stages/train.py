@@ -46,12 +46,13 @@ def _progress(is_main: bool) -> str | None:
 
 
 def write_saved_model_outputs(meta: Meta, splits: dict[str, Split]) -> None:
-    """models/outputs.npz: the outputs of the model as saved, on every split, for evaluate to
-    score without torch. The model is loaded back from its file on the CPU, as evaluate loaded it
+    """models/outputs.npz: the outputs of the model as saved, and the targets, on every split, for
+    evaluate to score without torch or parquet. The model is loaded back from its file on the CPU, as evaluate loaded it
     before, so eval.json does not depend on where training ran; test is scored, never fitted."""
     model, cfg = load_model(MODEL_PATH)
     splits = {**splits, "test": read_split("test", meta)}
-    write_model_outputs({name: predict(model, splits[name].x) for name in SPLITS}, cfg)
+    write_model_outputs({name: predict(model, splits[name].x) for name in SPLITS},
+                        {name: splits[name].y for name in SPLITS}, cfg)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ dvc.yaml's outputs).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
@@ -74,6 +75,7 @@ METRICS_FILES = {"eval": EVAL_METRICS_PATH, "export": EXPORT_METRICS_PATH, "trai
 
 # tools (not stages): sweep, tune, compare
 SWEEP_LEADERBOARD_PATH = REPORTS_DIR / "sweep.csv"
+TUNE_LEADERBOARD_PATH = REPORTS_DIR / "tune.csv"
 COMPARE_REPORT_PATH = REPORTS_DIR / "compare.md"
 COMPARE_CURVES_PATH = REPORTS_DIR / "compare.csv"
 COMPARE_CHART_PATH = REPORTS_DIR / "compare.png"
@@ -81,7 +83,6 @@ COMPARE_CHART_PATH = REPORTS_DIR / "compare.png"
 # monitoring (`fitline monitor`, the fitline-monitor deployment)
 MONITOR_REPORT_PATH = REPORTS_DIR / "monitor.json"
 INCOMING_DIR = DATA_DIR / "incoming"  # batches the scheduled monitor checks
-TUNE_LEADERBOARD_PATH = REPORTS_DIR / "tune.csv"
 
 # the flows' own state, inside DVC's scratch folder (git- and DVC-ignored)
 DVC_TMP_DIR = Path(".dvc") / "tmp"
@@ -252,22 +253,47 @@ def check_model_fits(cfg: ModelConfig, meta: Meta, model_path: str | Path = MODE
 
 # ------------------------------------------------------------------ the model's outputs
 
-def write_model_outputs(outputs: dict[str, np.ndarray], cfg: ModelConfig, model_path: str | Path = MODEL_PATH,
+def data_fingerprint(data_dir: str | Path = DATA_DIR) -> str:
+    """md5 of each split's parquet file and of meta.json, folded into one hex digest: the data a
+    model's saved outputs and a sweep's cached trials were computed on."""
+    folded = hashlib.sha256()
+    for name in (*(f"{s}.parquet" for s in SPLITS), META_NAME):
+        path = Path(data_dir) / name
+        if not path.exists():
+            raise DataError(f"{path}: file not found (run `dvc repro validate`)")
+        folded.update(f"{name}:{file_digest(path, 'md5')}\n".encode())
+    return folded.hexdigest()
+
+
+def write_model_outputs(outputs: dict[str, np.ndarray], targets: dict[str, np.ndarray], cfg: ModelConfig,
+                        model_path: str | Path = MODEL_PATH, data_dir: str | Path = DATA_DIR,
                         dest: str | Path = MODEL_OUTPUTS_PATH) -> None:
-    """The outputs per split, model_path's sha256 and its config, as an .npz atomically; the zip
-    entries carry a fixed date, so the same model gives the same bytes (DVC sees no change)."""
-    arrays = {"model_sha256": np.array(file_digest(model_path)), "config": np.array(json.dumps(cfg.to_dict())),
-              **{f"split_{name}": np.ascontiguousarray(out) for name, out in outputs.items()}}
+    """The model's outputs and the targets per split, with model_path's sha256, the data's
+    fingerprint and the model's config, as an .npz atomically; the zip entries carry a fixed
+    date, so the same model on the same data gives the same bytes (DVC sees no change)."""
+    arrays = {"model_sha256": np.array(file_digest(model_path)), "data": np.array(data_fingerprint(data_dir)),
+              "config": np.array(json.dumps(cfg.to_dict())),
+              **{f"split_{name}": np.ascontiguousarray(out) for name, out in outputs.items()},
+              **{f"target_{name}": np.ascontiguousarray(y) for name, y in targets.items()}}
     with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w") as zf:
         for key, value in arrays.items():
             with zf.open(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, value, allow_pickle=False)
 
 
-def read_model_outputs(path: str | Path = MODEL_OUTPUTS_PATH,
-                       model_path: str | Path = MODEL_PATH) -> tuple[dict[str, np.ndarray], ModelConfig]:
-    """The outputs per split and the config of the model they came from; a missing or unreadable
-    file, or one written for another model.pt than the one there now, is a DataError."""
+@dataclass(frozen=True)
+class ModelOutputs:
+    """models/outputs.npz as read back: per split the model's outputs and the targets."""
+
+    outputs: dict[str, np.ndarray]
+    targets: dict[str, np.ndarray]
+    config: ModelConfig
+
+
+def read_model_outputs(path: str | Path = MODEL_OUTPUTS_PATH, model_path: str | Path = MODEL_PATH,
+                       data_dir: str | Path = DATA_DIR) -> ModelOutputs:
+    """The saved outputs, targets and model config; a missing or unreadable file, or one written
+    for another model.pt or other data than those there now, is a DataError naming the fix."""
     path, model_path = Path(path), Path(model_path)
     for must in (path, model_path):
         if not must.exists():
@@ -275,14 +301,17 @@ def read_model_outputs(path: str | Path = MODEL_OUTPUTS_PATH,
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {key: npz[key] for key in npz.files}
-        digest, raw_cfg = str(data.pop("model_sha256")), json.loads(str(data.pop("config")))
+        digest, data_key, raw_cfg = str(data["model_sha256"]), str(data["data"]), json.loads(str(data["config"]))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable outputs file ({first_line(exc)}; run `dvc repro train`)") from None
     if digest != file_digest(model_path):
         raise DataError(f"{path} holds the outputs of another {model_path} than the one there now "
                         "(run `dvc repro train`)")
-    outputs = {key.removeprefix("split_"): value for key, value in data.items() if key.startswith("split_")}
-    return outputs, ModelConfig.from_dict(raw_cfg, model_path)
+    if data_key != data_fingerprint(data_dir):
+        raise DataError(f"{path} holds the outputs on other data than {data_dir}/ holds now (run `dvc repro train`)")
+    return ModelOutputs({k.removeprefix("split_"): v for k, v in data.items() if k.startswith("split_")},
+                        {k.removeprefix("target_"): v for k, v in data.items() if k.startswith("target_")},
+                        ModelConfig.from_dict(raw_cfg, model_path))
 
 
 def split_path(name: str, data_dir: str | Path = DATA_DIR) -> Path:

@@ -206,25 +206,6 @@ def read_split(name: str, meta: Meta, data_dir: str | Path = DATA_DIR) -> Split:
     return Split(x=x, y=y)
 
 
-def read_targets(meta: Meta, data_dir: str | Path = DATA_DIR, names: tuple[str, ...] = SPLITS) -> dict[str, np.ndarray]:
-    """The target column of the splits `names`, as read_split gives it (both layouts store it
-    encoded: int64 class indices or float32 values), without reading a feature column."""
-    y_dtype = _target_dtype(meta.task)
-    targets = {}
-    for name in names:
-        path = split_path(name, data_dir)
-        if not path.exists():
-            raise DataError(f"{path}: file not found (run the generate stage first)")
-        try:
-            column = pq.read_table(path, columns=[meta.target]).column(0)
-        except (pa.ArrowException, KeyError) as exc:  # KeyError: no such column
-            raise DataError(f"{path}: cannot read the target column {meta.target!r}: {first_line(exc)}") from None
-        if column.null_count and y_dtype is np.int64:
-            raise DataError(f"{path}: {column.null_count} missing class labels in column {meta.target!r}")
-        targets[name] = column.to_numpy().astype(y_dtype, copy=False)
-    return targets
-
-
 def load_splits(data_dir: str | Path = DATA_DIR, meta: Meta | None = None,
                 names: tuple[str, ...] = SPLITS) -> dict[str, Split]:
     """The splits `names` (default all three) as arrays, in meta.json's column order."""

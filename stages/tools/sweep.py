@@ -27,22 +27,19 @@ from pydantic import ValidationError
 
 from stages.core.code import TRIAL_CODE, code_digest
 from stages.core.contracts import (
-    META_NAME,
     PARAMS_PATH,
     SPLITS,
     SWEEP_LEADERBOARD_PATH,
     VALIDATION_REPORT_PATH,
     Meta,
-    split_path,
 )
 from stages.core.errors import DataError, FitlineError, ParamsError
-from stages.core.io import file_digest, read_json, write_text
+from stages.core.io import read_json, write_text
 from stages.core.params import JUDGED_LOSS, EvaluateParams, TrainParams, merge_auto_errors, parse_params
 from stages.data.splits import Split
 
 log = logging.getLogger(__name__)
 
-DATA_FILES = (*(split_path(s).name for s in SPLITS), META_NAME)
 METRIC_KEYS = {"regression": ("mse", "rmse", "mae", "r2"),
                "classification": ("log_loss", "accuracy", "f1_macro", "roc_auc")}
 
@@ -102,17 +99,6 @@ def check_validated(root: str | Path = ".") -> None:
         raise DataError(f"{exc} ({hint})") from None
     if report.get("success") is not True:
         raise DataError(f"{VALIDATION_REPORT_PATH}: the data failed validation; fix it and {hint}")
-
-
-def data_fingerprint(data_dir: str | Path) -> str:
-    """md5 of each split's parquet file and of meta.json, folded into one hex digest."""
-    folded = hashlib.sha256()
-    for name in DATA_FILES:
-        path = Path(data_dir) / name
-        if not path.exists():
-            raise DataError(f"{path}: file not found (run `dvc repro validate`)")
-        folded.update(f"{name}:{file_digest(path, 'md5')}\n".encode())
-    return folded.hexdigest()
 
 
 def torch_version() -> str:

@@ -33,14 +33,14 @@ ON_IMPORT = {
     # Great Expectations' own imports: pandas, scipy (its expectations), sqlalchemy, altair
     "validate": {"altair", "great_expectations", "pandas", "pyarrow", "scipy", "sqlalchemy"},
     "train": {"pandas", "pyarrow", "torch"},  # dvclive when it writes (main)
-    "evaluate": {"pandas", "pyarrow"},  # scores saved outputs: no torch; matplotlib when it draws
+    "evaluate": set(),  # scores the outputs and targets train saved; matplotlib when it draws
     "card": set(),  # reads JSON and PNG files
 }
 
 # what running `stages.<name>` on a small numeric table loads
 ON_RUN = {
     "generate": {"pandas", "pyarrow"},
-    "evaluate": {"matplotlib", "pandas", "pyarrow"},
+    "evaluate": {"matplotlib"},
 }
 
 PROBE = """
@@ -70,7 +70,8 @@ def test_a_stage_entry_imports_only_what_it_runs(name, tmp_path):
 
 
 def _evaluate_inputs(work: Path) -> None:
-    """A small numeric table, a saved (untrained) model and its outputs: what evaluate reads."""
+    """A small numeric table, a saved (untrained) model, its outputs and the targets: what
+    evaluate reads."""
     from stages.core.contracts import HISTORY_PATH, MODEL_PATH, history_csv, write_model_outputs
     from stages.core.params import DataParams
     from stages.data.splits import load_splits
@@ -83,8 +84,10 @@ def _evaluate_inputs(work: Path) -> None:
     model = build_model(cfg)
     (work / MODEL_PATH).parent.mkdir(parents=True)
     save_model(work / MODEL_PATH, model, cfg)
-    outputs = {name: predict(model, split.x) for name, split in load_splits(work / "data", meta).items()}
-    write_model_outputs(outputs, cfg, work / MODEL_PATH, work / "models/outputs.npz")
+    splits = load_splits(work / "data", meta)
+    outputs = {name: predict(model, split.x) for name, split in splits.items()}
+    write_model_outputs(outputs, {name: split.y for name, split in splits.items()}, cfg, work / MODEL_PATH,
+                        work / "data", work / "models/outputs.npz")
     history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "lr": 0.003, "epoch_seconds": 0.01}
                for e in range(1, 4)]
     (work / HISTORY_PATH).parent.mkdir(parents=True)

@@ -444,32 +444,48 @@ def _saved_model(path: Path, seed: int) -> contracts.ModelConfig:
     return cfg
 
 
+def _data_files(data_dir: Path) -> Path:
+    """Stand-ins for the split files and meta.json: the outputs file binds to their bytes."""
+    data_dir.mkdir()
+    for name in ("train.parquet", "val.parquet", "test.parquet", "meta.json"):
+        (data_dir / name).write_text(name)
+    return data_dir
+
+
 def test_saved_outputs_round_trip_with_the_same_bytes(tmp_path):
-    cfg = _saved_model(tmp_path / "model.pt", 0)
+    cfg, data = _saved_model(tmp_path / "model.pt", 0), _data_files(tmp_path / "data")
     outputs = {"train": np.linspace(0, 1, 7), "val": np.arange(3.0), "test": np.empty((0,))}
+    targets = {"train": np.arange(7, dtype=np.float32), "val": np.ones(3, np.float32), "test": np.empty(0, np.float32)}
     dest = tmp_path / "outputs.npz"
-    contracts.write_model_outputs(outputs, cfg, tmp_path / "model.pt", dest)
+    contracts.write_model_outputs(outputs, targets, cfg, tmp_path / "model.pt", data, dest)
     first = dest.read_bytes()
-    contracts.write_model_outputs(outputs, cfg, tmp_path / "model.pt", dest)
-    assert dest.read_bytes() == first  # DVC sees no change when the model did not change
-    got, got_cfg = contracts.read_model_outputs(dest, tmp_path / "model.pt")
-    assert got_cfg == cfg and got.keys() == outputs.keys()
+    contracts.write_model_outputs(outputs, targets, cfg, tmp_path / "model.pt", data, dest)
+    assert dest.read_bytes() == first  # DVC sees no change when neither model nor data changed
+    saved = contracts.read_model_outputs(dest, tmp_path / "model.pt", data)
+    assert saved.config == cfg and saved.outputs.keys() == outputs.keys() == saved.targets.keys()
     for name, out in outputs.items():
-        assert got[name].dtype == np.float64 and np.array_equal(got[name], out)
+        assert saved.outputs[name].dtype == np.float64 and np.array_equal(saved.outputs[name], out)
+        assert saved.targets[name].dtype == np.float32 and np.array_equal(saved.targets[name], targets[name])
 
 
-def test_saved_outputs_of_another_model_are_refused_naming_the_fix(tmp_path):
-    cfg = _saved_model(tmp_path / "model.pt", 0)
+def test_saved_outputs_of_another_model_or_data_are_refused_naming_the_fix(tmp_path):
+    cfg, data = _saved_model(tmp_path / "model.pt", 0), _data_files(tmp_path / "data")
     dest = tmp_path / "outputs.npz"
-    contracts.write_model_outputs({"train": np.zeros(2)}, cfg, tmp_path / "model.pt", dest)
+    contracts.write_model_outputs({"train": np.zeros(2)}, {"train": np.zeros(2)}, cfg, tmp_path / "model.pt", data,
+                                  dest)
+    (data / "test.parquet").write_text("regenerated")  # generate ran again, train did not
+    with pytest.raises(DataError, match=r"on other data than .*data/ holds now \(run `dvc repro train`\)"):
+        contracts.read_model_outputs(dest, tmp_path / "model.pt", data)
+    (data / "test.parquet").write_text("test.parquet")
+    contracts.read_model_outputs(dest, tmp_path / "model.pt", data)
     _saved_model(tmp_path / "model.pt", 1)  # retrained by hand: other weights, other bytes
     with pytest.raises(DataError, match=r"another .*model.pt.*run `dvc repro train`"):
-        contracts.read_model_outputs(dest, tmp_path / "model.pt")
+        contracts.read_model_outputs(dest, tmp_path / "model.pt", data)
     dest.write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"not a readable outputs file.*dvc repro train"):
-        contracts.read_model_outputs(dest, tmp_path / "model.pt")
+        contracts.read_model_outputs(dest, tmp_path / "model.pt", data)
     with pytest.raises(DataError, match=r"missing.npz: file not found \(run `dvc repro train`\)"):
-        contracts.read_model_outputs(tmp_path / "missing.npz", tmp_path / "model.pt")
+        contracts.read_model_outputs(tmp_path / "missing.npz", tmp_path / "model.pt", data)
 
 
 def test_outputs_for_other_rows_are_a_data_error():
@@ -477,19 +493,3 @@ def test_outputs_for_other_rows_are_a_data_error():
     targets = {"train": np.zeros(4, np.float32), "val": np.zeros(2, np.float32)}
     with pytest.raises(DataError, match=r"3 model outputs for the 2 rows of the val split \(run `dvc repro train`\)"):
         scoring.score_outputs(EvaluateParams(), outputs, targets, META, HISTORY)
-
-
-@pytest.mark.parametrize("kind", ["friedman", "classification", "mixed"])
-def test_targets_alone_read_as_the_splits_hold_them(tmp_path, kind):
-    """evaluate reads only the target column: the same dtype and values as read_split's, in the
-    numeric layout and the raw one (mixed)."""
-    from stages.core.params import DataParams
-    from stages.data.splits import load_splits, read_targets
-    from stages.generate import run as generate
-
-    noise = 0.1 if kind == "classification" else 1.0
-    meta = generate(DataParams(kind=kind, n_samples=300, n_features=5, n_informative=2, noise=noise), tmp_path)
-    splits, targets = load_splits(tmp_path, meta), read_targets(meta, tmp_path)
-    assert targets.keys() == splits.keys()
-    for name, split in splits.items():
-        assert targets[name].dtype == split.y.dtype and np.array_equal(targets[name], split.y)

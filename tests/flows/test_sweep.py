@@ -15,13 +15,13 @@ import yaml
 
 from flows.sweep import RunOptions, cache_storage, leaderboard_text, run_sweep, sweep_flow
 from stages import generate
+from stages.core.contracts import data_fingerprint
 from stages.core.errors import DataError, FitlineError, ParamsError
 from stages.core.params import EvaluateParams, TrainParams, parse_params
 from stages.tools.sweep import (
     apply_best,
     apply_overrides,
     check_validated,
-    data_fingerprint,
     grid_trials,
     leaderboard_csv,
     leaderboard_rows,
