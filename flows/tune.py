@@ -185,6 +185,7 @@ def run_batch(study: Any, size: int, workspace: Path, train: TrainParams, evalua
 def tune_flow(root: str = ".", trials: int | None = None, timeout: float | None = None,
               torch_threads: int | None = None, workers: int = 1) -> TuneResult:
     """Continue the study of params `tune` up to `trials` finished trials; write the leaderboard.
+    The caller holds study_lock (run_tune does).
 
     Args:
         root: the project workspace (params.yaml, validated data/).
@@ -199,20 +200,19 @@ def tune_flow(root: str = ".", trials: int | None = None, timeout: float | None 
     tune = params.tune
     budget, timeout = trials or tune.trials, timeout if timeout is not None else tune.timeout
     data, code_key = load_trial_data(workspace), code_fingerprint()
-    with study_lock(workspace, tune):
-        study = open_study(workspace, params.train, params.evaluate, tune, data.key, code_key)
-        before, trained, start = finished(study), 0, time.monotonic()
-        logger.info("study %s: %d of %d trials finished", study.study_name, before, budget)
-        while (done := finished(study)) < budget:
-            if timeout is not None and time.monotonic() - start >= timeout:
-                logger.info("timeout: %g s passed; no new trial starts (%d of %d finished)", timeout, done, budget)
-                break
-            trained += run_batch(study, min(workers, budget - done), workspace, params.train, params.evaluate,
-                                 tune, data, code_key, torch_threads)
-        ranked = rank_study(study.get_trials(deepcopy=False), tune.space)
-        result = TuneResult(ranked, tune_rows(ranked, list(tune.space)), list(tune.space), path=TUNE_LEADERBOARD_PATH,
-                            study=study.study_name, storage=storage_url(workspace, tune),
-                            new=finished(study) - before, trained=trained)
+    study = open_study(workspace, params.train, params.evaluate, tune, data.key, code_key)
+    before, trained, start = finished(study), 0, time.monotonic()
+    logger.info("study %s: %d of %d trials finished", study.study_name, before, budget)
+    while (done := finished(study)) < budget:
+        if timeout is not None and time.monotonic() - start >= timeout:
+            logger.info("timeout: %g s passed; no new trial starts (%d of %d finished)", timeout, done, budget)
+            break
+        trained += run_batch(study, min(workers, budget - done), workspace, params.train, params.evaluate,
+                             tune, data, code_key, torch_threads)
+    ranked = rank_study(study.get_trials(deepcopy=False), tune.space)
+    result = TuneResult(ranked, tune_rows(ranked, list(tune.space)), list(tune.space), path=TUNE_LEADERBOARD_PATH,
+                        study=study.study_name, storage=storage_url(workspace, tune),
+                        new=finished(study) - before, trained=trained)
     write_leaderboard(result.rows, workspace, TUNE_LEADERBOARD_PATH)
     best = result.best
     summary = f"best: {format_overrides(best['params'])}" if best else "no trial completed"
@@ -223,6 +223,10 @@ def tune_flow(root: str = ".", trials: int | None = None, timeout: float | None 
     return result
 
 
+class StudyBusy(FitlineError):
+    """Another `fitline tune` holds the study's storage file."""
+
+
 @contextlib.contextmanager
 def study_lock(workspace: Path, tune: TuneParams) -> Iterator[None]:
     """One tune run per storage file at a time (so trials left running are an interrupted run's)."""
@@ -230,8 +234,8 @@ def study_lock(workspace: Path, tune: TuneParams) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        flock_waiting(fd, 0.0, busy=lambda: FitlineError(f"another fitline tune is using {tune.storage}; "
-                                                         "wait for it to finish"))
+        flock_waiting(fd, 0.0, busy=lambda: StudyBusy(f"another fitline tune is using {tune.storage}; "
+                                                       "wait for it to finish"))
         yield
     finally:
         os.close(fd)
@@ -253,6 +257,7 @@ def run_tune(root: str | Path = ".", *, trials: int | None = None, timeout: floa
     options = RunOptions.resolve(params, runner, workers)
     check_space(params.train, params.tune.space)
     check_validated(workspace)
-    result = call_flow(tune_flow, options, announce=announce, root=str(workspace), trials=trials, timeout=timeout,
-                       workers=options.workers)
+    with study_lock(workspace, params.tune):
+        result = call_flow(tune_flow, options, announce=announce, root=str(workspace), trials=trials,
+                           timeout=timeout, workers=options.workers)
     return apply_result(result, workspace, apply, "no trial of the study completed")

@@ -171,6 +171,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, change, args, fragment):
     assert not (ws / ".dvc" / "tmp" / "fitline-tune.db").exists()
 
 
+def test_one_tune_per_storage_file_at_a_time(tmp_path):
+    from flows.tune import StudyBusy, study_lock
+
+    ws = make_workspace(tmp_path / "ws", TUNE_PARAMS)
+    tune = parse_params(yaml.safe_load(TUNE_PARAMS)).tune
+    with study_lock(ws, tune), pytest.raises(StudyBusy, match=r"another fitline tune is using \.dvc/tmp/fitline-tune"):
+        run_tune(ws)
+    with study_lock(ws, tune):  # released: free again
+        pass
+
+
 def test_unvalidated_data_is_refused_with_exit_2(tmp_path):
     ws = make_workspace(tmp_path / "ws", TUNE_PARAMS, validated=False)
     result = CliRunner().invoke(app, ["tune", "--root", str(ws)])
