@@ -463,7 +463,7 @@ class TuneParams(Section):
     trials: int = Field(20, ge=1)  # the study's budget: finished trials (a rerun continues up to it)
     timeout: float | None = Field(None, gt=0)  # seconds; no new trial starts after it
     sampler_seed: int = Field(42, ge=0, le=2**32 - 1)  # TPE's seed: a fresh study is reproducible
-    startup_trials: int = Field(5, ge=0)  # random trials before TPE models; the pruner waits for as many
+    startup_trials: int = Field(5, ge=0)  # random trials before TPE models; the median pruner waits as long
     pruner: PrunerName = "median"
     warmup_epochs: int = Field(10, ge=0)  # epochs every trial trains before it may be pruned
     storage: str = ".dvc/tmp/fitline-tune.db"  # the studies' SQLite file, relative to the workspace
