@@ -18,7 +18,7 @@ and a wider 64-256-256-256 classifier. For each:
   and 1024, one thread, interleaved (stages.serving.onnx.measure_latency): what the graph costs
   whoever serves it.
 
-Then (`--stage-repeats` > 0) the whole export stage as dvc.yaml runs it, `python -m
+And first (`--stage-repeats` > 0) the whole export stage as dvc.yaml runs it, `python -m
 stages.export` as a child process in a temporary copy holding a 1,000-row default run (generate
 and train run once), per exporter, interleaved: wall seconds and peak RSS (os.wait4).
 """
@@ -35,33 +35,39 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
-import numpy as np
-import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_latency import mixed_case, numeric_case  # a sibling script, not a package
-
 from stages.core.params import Exporter
-from stages.serving.onnx import export_onnx, latency_inputs, measure_latency
-from stages.serving.predict import OnnxModel
-from stages.serving.quantize import quantize_model
-from stages.training.models import fit_scaling
 
+# torch, onnx and the models are imported only once the stage runs are done: a child process
+# started from a process holding them reported the parent's peak RSS as its own (vfork + exec)
 ROOT = Path(__file__).resolve().parents[1]
 EXPORTERS: tuple[str, ...] = get_args(Exporter)
 CASES = {
-    "mlp 10-64-64 regression (default)": lambda: trained_like(*numeric_case(10, (64, 64), "regression")),
-    "raw rows 10 num + 10 cat, 64-64": lambda: trained_like(*mixed_case((64, 64), "regression", "schema")),
-    "mlp 64-256-256-256 classification": lambda: trained_like(*numeric_case(64, (256, 256, 256), "classification")),
+    "mlp 10-64-64 regression (default)": ("numeric", 10, (64, 64), "regression"),
+    "raw rows 10 num + 10 cat, 64-64": ("mixed", 0, (64, 64), "regression"),
+    "mlp 64-256-256-256 classification": ("numeric", 64, (256, 256, 256), "classification"),
 }
+
+
+def make_case(kind: str, features: int, hidden: tuple[int, ...], task: str):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from export_latency import mixed_case, numeric_case  # a sibling script, not a package
+
+    made = numeric_case(features, hidden, task) if kind == "numeric" else mixed_case(hidden, task, "schema")
+    return trained_like(*made)
 
 
 def trained_like(model, cfg, rows):
     """Scaling (and a raw-row model's medians) fitted on the rows, biases drawn: no zero bias or
     unit scale that an exporter could fold away, as in a trained model."""
+    import numpy as np
+    import torch
+
+    from stages.training.models import fit_scaling
+
     rng = np.random.default_rng(1)
     y = rng.normal(5.0, 2.0, len(rows.x)) if cfg.task == "regression" else None
     fit_scaling(model, rows.x, y, "standard")
@@ -74,6 +80,8 @@ def trained_like(model, cfg, rows):
 def export_times(model, cfg, tmp: Path, repeats: int) -> dict[str, dict[str, float]]:
     """First-call and median-of-the-rest seconds of export_onnx per exporter (interleaved, the
     order rotating per repeat)."""
+    from stages.serving.onnx import export_onnx
+
     times: dict[str, list[float]] = {e: [] for e in EXPORTERS}
     for r in range(repeats + 1):
         order = EXPORTERS[r % len(EXPORTERS):] + EXPORTERS[: r % len(EXPORTERS)] if r else EXPORTERS
@@ -86,6 +94,10 @@ def export_times(model, cfg, tmp: Path, repeats: int) -> dict[str, dict[str, flo
 
 def graph_latency(model, cfg, rows, tmp: Path, repeats: int) -> dict[str, dict[str, float]]:
     """Median ms per call of each exporter's fp32 file and its dynamic int8 version."""
+    from stages.serving.onnx import latency_inputs, measure_latency
+    from stages.serving.predict import OnnxModel
+    from stages.serving.quantize import quantize_model
+
     engines = {}
     for exporter in EXPORTERS:
         fp32, int8 = tmp / f"{exporter}.onnx", tmp / f"{exporter}.int8.onnx"
@@ -156,23 +168,20 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, make in CASES.items():
-            model, cfg, rows = make()
-            folder = Path(tmp) / str(len(results))
-            folder.mkdir()
-            times = export_times(model, cfg, folder, args.repeats)
-            ms = graph_latency(model, cfg, rows, folder, args.latency_repeats)
-            results[name] = (times, ms)
-            report_case(name, times, ms)
         if args.stage_repeats:
             stage = stage_runs(stage_copy(Path(tmp) / "stage", args.rows), args.stage_repeats)
-            print(f"\nexport stage, {args.rows:,} rows, default params, median of {args.stage_repeats} cold runs:")
-            for e, v in stage.items():
-                print(f"  {e:<7} wall {v['wall_s']:.2f} s, peak RSS {v['peak_rss_mib']:.0f} MiB")
-            print(f"  dynamo / direct wall: {stage['dynamo']['wall_s'] / stage['direct']['wall_s']:.2f}x")
-
+        for i, (name, case) in enumerate(CASES.items()):
+            model, cfg, rows = make_case(*case)
+            folder = Path(tmp) / str(i)
+            folder.mkdir()
+            times = export_times(model, cfg, folder, args.repeats)
+            report_case(name, times, graph_latency(model, cfg, rows, folder, args.latency_repeats))
+    if args.stage_repeats:
+        print(f"\nexport stage, {args.rows:,} rows, default params, median of {args.stage_repeats} cold runs:")
+        for e, v in stage.items():
+            print(f"  {e:<7} wall {v['wall_s']:.2f} s, peak RSS {v['peak_rss_mib']:.0f} MiB")
+        print(f"  dynamo / direct wall: {stage['dynamo']['wall_s'] / stage['direct']['wall_s']:.2f}x")
 
 if __name__ == "__main__":
     main()
