@@ -60,6 +60,20 @@ def test_tune_writes_the_leaderboard_and_a_rerun_trains_nothing(tuned):
     assert again.study == first.study and _rows(ws) == rows
 
 
+def test_table_artifact_holds_the_leaderboard(tuned, prefect_server):
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    result = run_tune(tuned[0])  # nothing to run: the artifact still shows the whole study
+    with get_client(sync_client=True) as client:
+        art = client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["fitline-tune"])))
+    table = json.loads(art[0].data)
+    assert [r["trial"] for r in table] == [r["trial"] for r in result.rows] and len(table) == 3
+    assert result.study in art[0].description and "best: lr=" in art[0].description
+
+
 def test_a_larger_budget_continues_the_study_by_exactly_the_difference(tuned, tmp_path):
     ws = Path(shutil.copytree(tuned[0], tmp_path / "ws"))
     more = run_tune(ws, trials=4, workers=2)
