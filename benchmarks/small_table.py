@@ -62,7 +62,17 @@ def run(args: list[str], cwd: Path) -> None:
         raise SystemExit(f"{args} failed in {cwd}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
-def make_side(dest: Path, rev: str | None, rows: int) -> Path:
+def set_param(params: dict[str, Any], assignment: str) -> None:
+    """`train.batch_size=256` into the params mapping (the value parsed as YAML)."""
+    key, _, value = assignment.partition("=")
+    *path, last = key.split(".")
+    section = params
+    for part in path:
+        section = section[part]
+    section[last] = yaml.safe_load(value)
+
+
+def make_side(dest: Path, rev: str | None, rows: int, overrides: list[str]) -> Path:
     """A git + DVC repository holding the project at `rev` (None: the working tree)."""
     dest.mkdir(parents=True)
     if rev is None:
@@ -78,6 +88,8 @@ def make_side(dest: Path, rev: str | None, rows: int) -> Path:
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["data"]["n_samples"] = rows
+    for assignment in overrides:
+        set_param(params, assignment)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dest / ".gitignore").write_text("__pycache__/\n")
     for args in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "bench@fitline.local"],
@@ -198,11 +210,12 @@ def table(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]
 
 
 def compare(before_rev: str, rows: int, repeats: int, repro: bool, skip: set[str],
-            keep: Path | None) -> dict[str, Any]:
+            keep: Path | None, overrides: list[str]) -> dict[str, Any]:
     startup = startup_modules()
     tmp = Path(tempfile.mkdtemp(prefix="small-table-", dir=keep))
     try:
-        sides = {"before": make_side(tmp / "before", before_rev, rows), "after": make_side(tmp / "after", None, rows)}
+        sides = {"before": make_side(tmp / "before", before_rev, rows, overrides),
+                 "after": make_side(tmp / "after", None, rows, overrides)}
         stage_runs: dict[str, list] = {"before": [], "after": []}
         repro_runs: dict[str, list] = {"before": [], "after": []}
         key_runs: dict[str, list] = {"before": [], "after": []}
@@ -226,7 +239,7 @@ def compare(before_rev: str, rows: int, repeats: int, repro: bool, skip: set[str
                 "before": median_stages(stage_runs["before"]), "after": median_stages(stage_runs["after"]),
                 "repro": {s: statistics.median(v) for s, v in repro_runs.items()} if repro else {},
                 "repro_runs": repro_runs, "trial_key": {s: statistics.median(v) for s, v in key_runs.items()},
-                "same_metrics": metrics["before"] == metrics["after"]}
+                "metrics": metrics, "same_metrics": metrics["before"] == metrics["after"]}
     finally:
         if keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -238,12 +251,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per side (medians)")
     parser.add_argument("--no-repro", action="store_true", help="skip the whole `dvc repro` runs")
     parser.add_argument("--skip", nargs="*", default=[], help="stages not to run stage by stage (e.g. card)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="params set on both sides, e.g. train.batch_size=256 (default: none)")
 
 
 def report(args: argparse.Namespace, keep: Path | None = None, json_path: Path | None = None) -> None:
-    print(f"{args.small_rows:,} rows, default params: BEFORE {args.before}, AFTER the working tree, "
+    what = f"params {' '.join(args.overrides)}" if args.overrides else "default params"
+    print(f"{args.small_rows:,} rows, {what}: BEFORE {args.before}, AFTER the working tree, "
           f"{args.repeats} interleaved repeats", flush=True)
-    result = compare(args.before, args.small_rows, args.repeats, not args.no_repro, set(args.skip), keep)
+    result = compare(args.before, args.small_rows, args.repeats, not args.no_repro, set(args.skip), keep,
+                     args.overrides)
     if json_path:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
     print()
