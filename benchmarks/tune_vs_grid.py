@@ -24,19 +24,21 @@ The Prefect API is a temporary test server in this process (nothing is left runn
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a busy CPU
 # Prefect reads its settings when first imported: a throwaway home, never the user's ~/.prefect
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="fitline-bench-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 
 import argparse
 import itertools
 import logging
-import shutil
 import subprocess
 import sys
 import time
