@@ -46,9 +46,10 @@ def _progress(is_main: bool) -> str | None:
 
 
 def write_saved_model_outputs(meta: Meta, splits: dict[str, Split]) -> None:
-    """models/outputs.npz: the outputs of the model as saved, and the targets, on every split, for
-    evaluate to score without torch or parquet. The model is loaded back from its file on the CPU, as evaluate loaded it
-    before, so eval.json does not depend on where training ran; test is scored, never fitted."""
+    """models/outputs.npz: the outputs of the model as saved, and the targets, on every split,
+    for evaluate to score without torch or parquet. The model is loaded back from its file on the
+    CPU, as evaluate loaded it before, so eval.json does not depend on where training ran; test
+    is scored here, never fitted."""
     model, cfg = load_model(MODEL_PATH)
     splits = {**splits, "test": read_split("test", meta)}
     write_model_outputs({name: predict(model, splits[name].x) for name in SPLITS},
@@ -63,7 +64,7 @@ def main() -> None:
         return
     with distributed.process_group(dist_p.backend, params.train.device) as world:
         meta = load_meta()
-        splits = load_splits(meta=meta, names=("train", "val"))  # test is not this stage's input
+        splits = load_splits(meta=meta, names=("train", "val"))  # test is only scored, after training
         from dvclive import Live  # imported here: train_model itself needs no dvclive
 
         # rank 0 alone writes files; the others train their shards and read the checkpoint
