@@ -19,17 +19,19 @@ target transform and imputation inside `train_model` (as for the run), and for t
 as generate does on the train split). Column kinds stay as generate typed them from the whole
 table.
 
-The folds run in parallel threads, one per core (at most k), each on a single torch thread:
-with one thread per fold, the figures do not depend on how many folds run at once.
+The folds run at once, one per core (at most k), each on a single torch thread, so the figures
+do not depend on how many run at once: in forked processes on CPU (threads gain less: a small
+model's step is mostly Python, under the GIL), in threads on CUDA (see `forks_here`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,7 @@ from stages.data.encoding import encode_frame
 from stages.data.splits import Split, frame_to_split, load_splits, read_split_frame
 from stages.evaluation.metrics import compute_metrics
 from stages.evaluation.scoring import predict
-from stages.training.loop import train_model
+from stages.training.loop import resolve_device, train_model
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +240,31 @@ def cross_validate(params: TrainParams, meta: Meta, k: int, *, min_category_coun
     plan = CVPlan(params=params, meta=meta, pool=pool, folds=fold_ids(len(pool), k, params.seed, labels),
                   min_category_count=min_category_count)
     workers = workers or default_workers(k)
-    log.info("%d-fold cross-validation on %d train+val rows, %d at a time", k, len(pool), workers)
-    with single_torch_thread(), ThreadPoolExecutor(max_workers=workers) as pool_exec:
-        per_fold = list(pool_exec.map(lambda fold: run_fold(plan, fold), range(k)))
+    processes = workers > 1 and forks_here(params)
+    log.info("%d-fold cross-validation on %d train+val rows, %d at a time%s", k, len(pool), workers,
+             " (processes)" if processes else "")
+    with single_torch_thread():
+        per_fold = run_folds(plan, k, workers, processes=processes)
     return {"k": k, "n": len(pool), **aggregate(per_fold)}
+
+
+def forks_here(params: TrainParams) -> bool:
+    """Folds in forked processes: on CPU where fork exists (Linux). Not on CUDA: a forked child
+    cannot use CUDA once the parent has, and folds on one GPU share it well from threads."""
+    return "fork" in multiprocessing.get_all_start_methods() and resolve_device(params.device).type == "cpu"
+
+
+def run_folds(plan: CVPlan, k: int, workers: int, *, processes: bool) -> list[dict[str, Any]]:
+    """Each fold's scores, in fold order: one at a time (workers 1), or `workers` at once in
+    forked processes (each on one torch thread; fork, not spawn: a spawned child imports torch
+    again, which costs more than a small fold) or in threads (the GIL holds them back)."""
+    if workers == 1:
+        return [run_fold(plan, fold) for fold in range(k)]
+    if processes:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
+                                 initargs=(1,)) as executor:
+            return list(executor.map(run_fold, [plan] * k, range(k)))
+    with ThreadPoolExecutor(workers) as executor:
+        return list(executor.map(lambda fold: run_fold(plan, fold), range(k)))
 

@@ -74,9 +74,12 @@ def cv_line(cv: dict[str, Any], task: str) -> str:
     """eval.json's `cv` in one line: the headline metric's mean ± std over the folds, and each fold's."""
     name, label = ("r2", "R²") if task == "regression" else ("accuracy", "accuracy")
     m = cv[name]
-    folds = ", ".join(_fmt(v) for v in m["folds"])
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
     return (f"{cv['k']}-fold CV on train+val ({cv['n']} rows, a model retrained per fold): {label} "
-            f"{_fmt(m['mean'])} ± {_fmt(m['std'])} (folds {folds})")
+            f"{fmt(m['mean'])} ± {fmt(m['std'])} (folds {', '.join(fmt(v) for v in m['folds'])})")
 
 
 def fit_report(report: dict[str, Any], meta: Meta) -> str:

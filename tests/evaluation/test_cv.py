@@ -124,7 +124,14 @@ def test_worker_count_does_not_change_the_figures(tmp_path):
     meta = load_meta(tmp_path)
     one = cv.cross_validate(params.train, meta, 3, min_category_count=5, data_dir=tmp_path, workers=1)
     three = cv.cross_validate(params.train, meta, 3, min_category_count=5, data_dir=tmp_path, workers=3)
+    assert cv.forks_here(params.train)  # Linux, CPU: the three folds ran in forked processes
     assert one == three
+    pool = cv.load_pool(meta, tmp_path)
+    plan = cv.CVPlan(params=params.train, meta=meta, pool=pool, min_category_count=5,
+                     folds=cv.fold_ids(len(pool), 3, params.train.seed, pool.y))
+    with cv.single_torch_thread():
+        threads = cv.run_folds(plan, 3, 2, processes=False)
+    assert {"k": 3, "n": len(pool), **cv.aggregate(threads)} == one
     assert one["k"] == 3 and one["n"] == meta.rows["train"] + meta.rows["val"] and len(one["accuracy"]["folds"]) == 3
     assert {"accuracy", "log_loss", "f1_macro", "roc_auc", "error_rate"} == set(one) - {"k", "n"}
 
@@ -140,7 +147,7 @@ def _run(main, name: str) -> None:
 
 def test_evaluate_stage_with_cv_folds(tmp_path, monkeypatch, capsys):
     from stages import evaluate, generate, train
-    from stages.tools.gate_rules import lookup
+    from stages.tools.gate_rules import evaluate_rules, lookup, parse_threshold
     from tests.conftest import merged_params
 
     monkeypatch.chdir(tmp_path)
@@ -163,7 +170,11 @@ def test_evaluate_stage_with_cv_folds(tmp_path, monkeypatch, capsys):
     assert report["cv"]["r2"]["mean"] == pytest.approx(np.mean(folds))
     assert lookup({"eval": report}, "eval.cv.r2.mean") == report["cv"]["r2"]["mean"]
     assert lookup({"eval": report}, "eval.cv.rmse.std") == report["cv"]["rmse"]["std"]
-    assert "3-fold CV on train+val (102 rows, a model retrained per fold): R² " in Path("reports/fit.md").read_text()
+    rules = [parse_threshold("eval.cv.r2.mean >= -100"), parse_threshold("eval.cv.r2.std < 0")]
+    assert [row.status for row in evaluate_rules(rules, {"eval": report}).rows] == ["pass", "fail"]
+    r2 = report["cv"]["r2"]
+    assert (f"3-fold CV on train+val (102 rows, a model retrained per fold): R² {r2['mean']:.3f} ± {r2['std']:.3f} "
+            f"(folds {folds[0]:.3f}, {folds[1]:.3f}, {folds[2]:.3f})") in Path("reports/fit.md").read_text()
 
     small["evaluate"] = {"cv_folds": 60}  # 102 rows: fewer than 2 per fold
     Path("params.yaml").write_text(merged_params(yaml.safe_dump(small)))
