@@ -15,6 +15,7 @@ from typing import Any
 
 from stages.core.contracts import Meta
 from stages.core.params import LOSS_LABEL, Params
+from stages.evaluation.report import cv_line
 from stages.evaluation.scoring import SMALL_SPLIT
 
 Block = tuple[Any, ...]  # ("h1"|"h2"|"p", text) | ("ul", [items]) | ("table", header, rows) | ("img", alt, path)
@@ -81,8 +82,15 @@ def metrics_section(ev: dict[str, Any]) -> list[Block]:
     rows = [(k, *(_g(ev[s].get(k)) for s in ("train", "val", "test") if s in ev),
              _g(ev["baseline"].get("test", {}).get(k)), _g(floor.get(k))) for k in keys]
     splits = [s for s in ("train", "val", "test") if s in ev]
-    return [("h2", "Metrics"),
-            ("table", ["metric", *splits, "constant baseline (test)", "noise floor"], rows)]
+    blocks: list[Block] = [("h2", "Metrics"),
+                           ("table", ["metric", *splits, "constant baseline (test)", "noise floor"], rows)]
+    ci = ev.get("test", {}).get("ci") or {}
+    if ci:  # how far the test figures could move with other test rows
+        blocks.append(("p", "Test metrics, " + f"{round(100 * next(iter(ci.values()))['level'])}% bootstrap intervals: "
+                       + ", ".join(f"{k} [{_g(v['low'])}, {_g(v['high'])}]" for k, v in ci.items() if k in keys) + "."))
+    if "cv" in ev:
+        blocks.append(("p", cv_line(ev["cv"], task) + "."))
+    return blocks
 
 
 def fit_section(ev: dict[str, Any]) -> list[Block]:

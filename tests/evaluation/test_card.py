@@ -49,6 +49,16 @@ def test_the_card_carries_the_runs_figures(tmp_path):
     assert "0.008 (budget 0.01)" in md
 
 
+def test_the_card_gives_the_test_intervals_and_cross_validation(tmp_path):
+    ci = {"r2": {"low": 0.81, "high": 0.92, "level": 0.95}, "mse": {"low": 0.9, "high": 1.8, "level": 0.95}}
+    cv = {"k": 5, "n": 85, "r2": {"mean": 0.884, "std": 0.021, "folds": [0.86, 0.87, 0.88, 0.9, 0.91]}}
+    md = to_markdown(_card(tmp_path, ev={**EVAL, "test": {**EVAL["test"], "ci": ci}, "cv": cv}))
+    assert "Test metrics, 95% bootstrap intervals: r2 [0.81, 0.92], mse [0.9, 1.8]." in md
+    assert "5-fold CV on train+val (85 rows, a model retrained per fold): R² 0.884 ± 0.021" in md
+    plain = to_markdown(_card(tmp_path))
+    assert "bootstrap intervals" not in plain and "fold CV" not in plain
+
+
 def test_limitations_follow_from_the_figures():
     notes = limitations(EVAL, EXPORT, META, Params())[1][1]
     assert any("test split has 15 rows: one row moves a test metric by about 6.7 points" in n for n in notes)
