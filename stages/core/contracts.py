@@ -89,6 +89,7 @@ DVC_TMP_DIR = Path(".dvc") / "tmp"
 PIPELINE_CACHE_DIR = DVC_TMP_DIR / "fitline-prefect-cache"  # Prefect task results of `fitline run`
 SWEEP_CACHE_DIR = DVC_TMP_DIR / "fitline-sweep-cache"  # finished sweep/compare trials
 FLOW_LOCK_PATH = DVC_TMP_DIR / "fitline-flow.lock"  # one flow run per workspace
+TUNE_STORAGE_PATH = DVC_TMP_DIR / "fitline-tune.db"  # `fitline tune` studies (SQLite), the tune.storage default
 
 
 # ------------------------------------------------------------------------ data/meta.json

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from stages.core.contracts import PARAMS_PATH, TABLE_FORMATS
+from stages.core.contracts import PARAMS_PATH, TABLE_FORMATS, TUNE_STORAGE_PATH
 from stages.core.errors import ParamsError
 
 # ------------------------------------------------------------------------------------ options
@@ -466,7 +466,7 @@ class TuneParams(Section):
     startup_trials: int = Field(5, ge=0)  # random trials before TPE models; the median pruner waits as long
     pruner: PrunerName = "median"
     warmup_epochs: int = Field(10, ge=0)  # epochs every trial trains before it may be pruned
-    storage: str = ".dvc/tmp/fitline-tune.db"  # the studies' SQLite file, relative to the workspace
+    storage: str = TUNE_STORAGE_PATH.as_posix()  # the studies' SQLite file, relative to the workspace
     space: dict[str, SpaceParam] = Field(default_factory=lambda: {
         "lr": SpaceParam(low=0.0001, high=0.03, log=True),
         "reg_strength": SpaceParam(low=0.00001, high=0.01, log=True),
