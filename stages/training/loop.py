@@ -186,8 +186,8 @@ class TrainingSetup:
 
 def setup_training(p: TrainParams, splits: dict[str, Split], meta: Meta) -> TrainingSetup:
     """Check the inputs and build the model, the data on the device and the objective."""
-    auto_params = auto_values(p, len(splits["train"].y))
-    p = sized_for(p, len(splits["train"].y))
+    sized = sized_for(p, len(splits["train"].y))
+    auto_params, p = auto_values(p, sized), sized
     device = resolve_device(p.device)
     cfg = model_config(p, meta, splits["train"].y if "train" in splits else None)
     check_splits(splits, cfg)

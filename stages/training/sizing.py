@@ -31,6 +31,7 @@ BASE_REG = 0.001
 REG_ROWS = 10_000  # from this many train rows up, reg_strength auto is BASE_REG
 MIN_BATCH = 32
 STEPS_PER_EPOCH = 10
+AUTO_KEYS = ("batch_size", "lr", "reg_strength")
 
 
 def auto_batch_size(n_train: int) -> int:
@@ -64,7 +65,6 @@ def sized_for(p: TrainParams, n_train: int) -> TrainParams:
     return p.model_copy(update=changed)
 
 
-def auto_values(p: TrainParams, n_train: int) -> dict[str, float]:
-    """The values `auto` stood for in this run (for metrics/train.json); empty when none was auto."""
-    sized = sized_for(p, n_train)
-    return {k: getattr(sized, k) for k in ("batch_size", "lr", "reg_strength") if getattr(p, k) == AUTO}
+def auto_values(p: TrainParams, sized: TrainParams) -> dict[str, float]:
+    """What `auto` in `p` stood for in `sized` (for metrics/train.json); empty when nothing was auto."""
+    return {k: getattr(sized, k) for k in AUTO_KEYS if getattr(p, k) == AUTO}

@@ -39,10 +39,28 @@ def test_given_values_are_kept_and_only_auto_ones_are_reported():
     p = sized_for(TrainParams(batch_size=16, reg_strength=0.0), 300)
     assert (p.batch_size, p.reg_strength) == (16, 0.0)
     assert p.lr == pytest.approx(0.003 * np.sqrt(16 / 256))  # auto lr follows the batch actually used
-    assert auto_values(TrainParams(batch_size=16, reg_strength=0.0), 300) == {"lr": p.lr}
-    assert auto_values(TrainParams(lr=0.01, batch_size=64, reg_strength=0.1), 300) == {}
+    given = TrainParams(batch_size=16, reg_strength=0.0)
+    assert auto_values(given, sized_for(given, 300)) == {"lr": p.lr}
+    fixed = TrainParams(lr=0.01, batch_size=64, reg_strength=0.1)
+    assert auto_values(fixed, sized_for(fixed, 300)) == {}
     gd = sized_for(TrainParams(optimizer="gd"), 300)
     assert gd.batch_size == 32  # gd ignores it (whole split per step); the value is still concrete
+
+
+def test_a_training_run_records_what_auto_stood_for_and_says_it_once(caplog):
+    from stages.core.contracts import Meta
+    from stages.data.splits import Split
+    from stages.training.loop import train_model
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 2)).astype(np.float32)
+    y = (x[:, 0] - x[:, 1]).astype(np.float32)
+    splits = {"train": Split(x[:300], y[:300]), "val": Split(x[300:], y[300:])}
+    with caplog.at_level(logging.INFO, logger="stages.training.sizing"):
+        result = train_model(TrainParams(hidden=(4,), epochs=2), splits, Meta(task="regression",
+                             feature_names=["a", "b"], target="y"))
+    assert result.metrics["auto_params"] == {"batch_size": 32, "lr": auto_lr(32), "reg_strength": auto_reg_strength(300)}
+    assert caplog.text.count("300 train rows:") == 1
 
 
 def test_a_small_table_says_what_auto_chose(caplog):
