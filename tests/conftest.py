@@ -116,3 +116,16 @@ export:
 def pipeline_repo(tmp_path: Path) -> Path:
     """A git + DVC copy of the project with small, fast params."""
     return make_pipeline_repo(tmp_path / "repo", SMALL_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module's tests, restored after it. The tests' models are
+    tiny: a second thread buys nothing, and on a busy shared CPU OpenMP's spin-waiting slows
+    training many times over."""
+    import torch  # here, not at the top: most test modules never load torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -287,15 +287,6 @@ def _example(name: str) -> dict:
     return yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
 
 
-@pytest.fixture
-def one_thread():
-    """Small models train several times faster on one intra-op thread on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _scenario(raw: dict, tmp_path: Path) -> dict:
     from stages import generate
     from stages.core.contracts import load_meta
@@ -311,7 +302,7 @@ def _scenario(raw: dict, tmp_path: Path) -> dict:
                                    restored_best=result.metrics["restored_best"])
 
 
-def test_scenario_linear_model_on_friedman_is_underfit(tmp_path, one_thread):
+def test_scenario_linear_model_on_friedman_is_underfit(tmp_path, one_torch_thread):
     raw = _example("underfit")
     raw["data"]["n_samples"] = 2000  # the same story on less data, to keep the default run fast
     fit = _scenario(raw, tmp_path)["fit"]
@@ -319,7 +310,7 @@ def test_scenario_linear_model_on_friedman_is_underfit(tmp_path, one_thread):
     assert fit["noise_ratio"] > 3
 
 
-def test_scenario_large_mlp_on_few_noisy_rows_is_overfit(tmp_path, one_thread):
+def test_scenario_large_mlp_on_few_noisy_rows_is_overfit(tmp_path, one_torch_thread):
     raw = _example("overfit")
     raw["train"]["epochs"] = min(raw["train"]["epochs"], 150)
     fit = _scenario(raw, tmp_path)["fit"]
@@ -328,7 +319,7 @@ def test_scenario_large_mlp_on_few_noisy_rows_is_overfit(tmp_path, one_thread):
 
 
 @pytest.mark.slow  # 20000 rows: 6 s of training on an idle core, 30 s on a busy one
-def test_scenario_good_example_is_good(tmp_path, one_thread):
+def test_scenario_good_example_is_good(tmp_path, one_torch_thread):
     report = _scenario(_example("good"), tmp_path)  # the full example: 20000 rows, ~6 s of training
     fit = report["fit"]
     assert fit["verdict"] == "good", fit["reasons"]

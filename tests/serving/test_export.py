@@ -31,15 +31,6 @@ from tests.conftest import ROOT, subprocess_env
 CLASSES = 3
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    # torch's OpenMP workers stall each other on a busy 2-core host (100x slower training)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _trained(tmp: Path, kind: str):
     meta = generate.run(
         DataParams(kind=kind, n_samples=800, n_features=5, n_informative=3, n_classes=CLASSES,
@@ -55,7 +46,7 @@ def _trained(tmp: Path, kind: str):
 
 
 @pytest.fixture(scope="module")
-def regression(tmp_path_factory, one_thread):
+def regression(tmp_path_factory, one_torch_thread):
     """A trained regression MLP exported with dynamic int8: (out_dir, metrics, model, cfg, splits)."""
     tmp = tmp_path_factory.mktemp("reg")
     model, cfg, splits = _trained(tmp / "data", "friedman")
@@ -64,7 +55,7 @@ def regression(tmp_path_factory, one_thread):
 
 
 @pytest.fixture(scope="module")
-def classification(tmp_path_factory, one_thread):
+def classification(tmp_path_factory, one_torch_thread):
     """A trained 3-class MLP exported with static (QDQ) int8."""
     tmp = tmp_path_factory.mktemp("cls")
     model, cfg, splits = _trained(tmp / "data", "classification")

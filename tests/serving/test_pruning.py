@@ -34,15 +34,7 @@ UNPRUNED_KEYS = {"quantization", "int8_is_fp32_copy", "opset", "task", "metric_n
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread):
+def trained(tmp_path_factory, one_torch_thread):
     """An over-wide MLP on an easy (linear) regression: (model, cfg, splits)."""
     tmp = tmp_path_factory.mktemp("prune")
     meta = generate.run(DataParams(kind="linear", n_samples=800, n_features=5, n_informative=3, noise=0.5, seed=1),

@@ -21,14 +21,7 @@ from tests.conftest import model_config as make_config
 
 VOCAB3 = ["blue", "green", "red"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: a second intra-op thread only adds contention on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def schema_config(columns: list[Column], **kw):

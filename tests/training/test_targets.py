@@ -21,13 +21,7 @@ from tests.conftest import model_config as make_config
 RNG = np.random.default_rng(0)
 LOGNORMAL = RNG.lognormal(3.0, 1.0, 5000)  # prices, incomes: skewness about 6
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_registry_covers_the_literal() -> None:

@@ -35,15 +35,7 @@ REGULARIZERS = ("none", "l1", "l2", "elastic_net")
 LR = {"gd": 0.3, "sgd": 0.05, "momentum": 0.02, "nesterov": 0.02, "adagrad": 0.05,
       "rmsprop": 0.003, "adam": 0.01, "adamw": 0.01}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: a second intra-op thread buys nothing, and on a busy shared CPU
-    OpenMP's spin-waiting slows the tests down many times over. Restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def regression_meta(d: int) -> Meta:
